@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from typing import Any, Literal, Union
@@ -17,6 +18,7 @@ from typing import Any, Literal, Union
 from medattn.errors import ConfigError
 
 _NONE = type(None)
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _describe(annotation: Any) -> str:
@@ -85,6 +87,8 @@ def coerce_value(value: Any, annotation: Any, key: str, source: str | None = Non
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)  # PyYAML (YAML 1.1) reads "1e-4" as a string
         _fail(key, annotation, value, source)
     if annotation is str:
         if isinstance(value, str):

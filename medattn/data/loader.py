@@ -8,6 +8,7 @@ randomness is a function of (seed, epoch) alone, so a resumed run repeats an uni
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +37,33 @@ def preprocess_transforms(cfg: Config, spatial_dims: int, target_spacing: Sequen
                          p.zscore_nonzero, p.ct_window, labels=labels, with_label=with_label)
 
 
+class SafeCacheDataset(md.CacheDataset):
+    """MONAI's CacheDataset, whose cache filling stops cleanly at the first bad case.
+
+    MONAI fills the cache with a ``multiprocessing.pool.ThreadPool`` that is terminated, not joined,
+    when a transform raises; a thread still inside a native reader (ITK) then outlives the
+    interpreter and aborts the process at exit. Here pending cases are cancelled and running ones
+    finish before the error propagates.
+    """
+
+    def _fill_cache(self, indices=None) -> list:
+        if self.cache_num <= 0:
+            return []
+        indices = list(range(self.cache_num)) if indices is None else indices
+        with ThreadPoolExecutor(max_workers=max(1, self.num_workers or 1)) as pool:
+            futures = [pool.submit(self._load_cache_item, i) for i in indices]
+            try:
+                return [f.result() for f in futures]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+
+
 def _dataset(items: list[dict], transform: mt.Compose, cfg: Config, cache_dir: Path, workers: int) -> md.Dataset:
     if cfg.data.cache == "memory":
-        return md.CacheDataset(items, transform=transform, cache_rate=1.0, num_workers=max(1, workers),
-                               progress=False, copy_cache=False)
+        return SafeCacheDataset(items, transform=transform, cache_rate=1.0, num_workers=max(1, workers),
+                                progress=False, copy_cache=False)
     if cfg.data.cache == "disk":
         return md.PersistentDataset(items, transform=transform, cache_dir=cache_dir)
     return md.Dataset(items, transform=transform)

@@ -182,7 +182,11 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> TrainResu
         model.load_state_dict(resume_ckpt["state_dict"])
         optimizer.load_state_dict(ts["optimizer"])
         scheduler.load_state_dict(ts["scheduler"])
-        scheduler.lr_lambdas[0].epochs = cfg.train.epochs  # --resume may extend the run
+        # --resume may extend the run: refit the schedule to the new length and reset the current lr,
+        # which the old schedule may have taken to 0 at its last epoch.
+        scheduler.lr_lambdas[0].epochs = cfg.train.epochs
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)
         scaler.load_state_dict(ts["scaler"])
         restore_rng_state(ts["rng"])
         state = {k: ts[k] for k in state}

@@ -14,6 +14,12 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``.
@@ -27,6 +33,7 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     if suffix is None:
         suffix = "".join(path.suffixes[-2:]) if path.name.endswith((".nii.gz", ".tar.gz")) else path.suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes files private; give them the usual permissions
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -21,6 +21,8 @@ from medattn.errors import ConfigError
     ("median", list[float] | Literal["median"] | None, "median"),
     ([1, 2], list[float] | Literal["median"] | None, [1.0, 2.0]),
     ({"x": [1]}, dict[str, Any], {"x": [1]}),
+    ("1e-4", float, 1e-4),
+    ("3E2", float, 300.0),
 ])
 def test_accepts(value, annotation, expected):
     assert coerce_value(value, annotation, "k") == expected
@@ -28,7 +30,7 @@ def test_accepts(value, annotation, expected):
 
 @pytest.mark.parametrize("value,annotation", [
     (True, int), ("3", int), (1, bool), (3.5, int), ([1, "a"], list[int]), ("x", Literal["a", "b"]),
-    (True, Literal[1, 2]), ({"a": "b"}, dict[str, int]), (5, list[int]),
+    (True, Literal[1, 2]), ({"a": "b"}, dict[str, int]), (5, list[int]), ("1e-4x", float), ("1e4", int),
 ])
 def test_rejects_with_key(value, annotation):
     with pytest.raises(ConfigError) as e:
