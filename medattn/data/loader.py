@@ -20,12 +20,12 @@ from medattn.config import Config
 from medattn.data.dataset import Case
 from medattn.data.transforms import augmentation, canonical_spacing, preprocessing, resolve_orientation
 from medattn.errors import DataError
-from medattn.io import read_image
+from medattn.io import read_geometry
 
 
 def median_spacing(cases: Sequence[Case], orientation: str | None) -> list[float]:
     """Median voxel spacing of ``cases`` in the canonical frame (nnU-Net's default target spacing)."""
-    spacings = [canonical_spacing(read_image(c.images[0]).geometry, orientation) for c in cases]
+    spacings = [canonical_spacing(read_geometry(c.images[0]), orientation) for c in cases]
     return [float(v) for v in np.median(np.asarray(spacings), axis=0)]
 
 

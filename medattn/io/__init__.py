@@ -8,6 +8,7 @@ MetaImage, DICOM (files and series folders) and 2-D PNG/TIFF/JPEG alike. Writers
 from medattn.io.dicom import write_dicom_series
 from medattn.io.discovery import case_name, list_images, prediction_path
 from medattn.io.geometry import Geometry
+from medattn.io.header import read_geometry
 from medattn.io.image import SUPPORTED_EXTENSIONS, ArrayFormatError, Image, read_image, write_image
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "case_name",
     "list_images",
     "prediction_path",
+    "read_geometry",
     "read_image",
     "write_dicom_series",
     "write_image",
