@@ -75,7 +75,8 @@ def _grid_problem(a: Image, b: Image) -> str | None:
 class LoadCased(mt.MapTransform):
     """Read a case's channels and label through :mod:`medattn.io`, with integrity checks.
 
-    Input dict: ``image`` (list of paths, one per channel), optional ``label`` (path).
+    Input dict: ``image`` (list of paths, one per channel; an already read :class:`~medattn.io.Image`
+    may stand in for a path), optional ``label`` (path).
     Output: ``image`` MetaTensor float32 (C, *spatial) and ``label`` MetaTensor float32 (1, *spatial),
     both with the RAS affine of the first channel; ``geometry`` (dict) of the original grid.
 
@@ -93,8 +94,8 @@ class LoadCased(mt.MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         paths = d[self.image_key]
-        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-        images = [read_image(p) for p in paths]
+        paths = [paths] if isinstance(paths, (str, Path, Image)) else list(paths)
+        images = [p if isinstance(p, Image) else read_image(p) for p in paths]
         ref = images[0]
         for im in images[1:]:
             problem = _grid_problem(ref, im)

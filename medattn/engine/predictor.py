@@ -215,7 +215,7 @@ class Predictor:
             raise DataError(f"the model is {self.spatial_dims}-D but the image is "
                             f"{reference.geometry.ndim}-D", paths[0])
         t1 = time.perf_counter()
-        d: dict[str, Any] = {"image": [str(p) for p in paths]}
+        d: dict[str, Any] = {"image": [reference, *(str(p) for p in paths[1:])]}  # channel 0 read once
         try:
             for t in self._transforms:
                 d = t(d)
