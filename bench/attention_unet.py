@@ -57,15 +57,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--classes", type=int, default=2)
     p.add_argument("--norm", default="instance", choices=("instance", "batch", "group"),
                    help="medattn's norm (MONAI's AttentionUnet is fixed to batch norm); default instance")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs per measurement (default 1)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs per measurement (default 2)")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (default 10)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true",
-                   help="tiny sizes for a smoke test: 24^3 train, 32^3 inference, widths 8..64, 2 repeats")
+                   help="tiny sizes for a smoke test: 24^3 train, 32^3 inference, widths 8..64, 1 warm-up, 3 repeats")
     args = p.parse_args(argv)
     if args.quick:
-        args.train_size, args.infer_size, args.channels, args.repeats = 24, 32, "8,16,32,64", 2
+        args.train_size, args.infer_size, args.channels, args.warmup, args.repeats = 24, 32, "8,16,32,64", 1, 3
     args.channels = tuple(int(c) for c in args.channels.split(","))
     return args
 
@@ -109,8 +109,8 @@ def infer_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return run
 
 
-def time_interleaved(fns: dict[str, Callable[[], None]], warmup: int, repeats: int) -> dict[str, float]:
-    """Median wall time (s) of each fn; the fns take turns within every repeat."""
+def time_interleaved(fns: dict[str, Callable[[], None]], warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Wall times (s) of ``repeats`` runs of each fn after ``warmup`` runs; the fns take turns."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -120,6 +120,13 @@ def time_interleaved(fns: dict[str, Callable[[], None]], warmup: int, repeats: i
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def report_times(what: str, times: dict[str, list[float]]) -> dict[str, float]:
+    """Print every run's time and return the medians."""
+    for name, ts in times.items():
+        print(f"  {what} {name}: " + " ".join(f"{t:.3f}" for t in ts) + f" s (median {statistics.median(ts):.3f})")
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -130,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     import monai
 
     d = args.spatial_dims
+    print("command: python bench/attention_unet.py " + " ".join(sys.argv[1:] if argv is None else argv))
     print(f"CPU: {_cpu_model()} ({os.cpu_count()} logical cores), threads={torch.get_num_threads()}")
     print(f"torch {torch.__version__}, monai {monai.__version__}, python {platform.python_version()}")
     print(f"channels={list(args.channels)} depth={len(args.channels)} spatial_dims={d} "
@@ -144,14 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     loss_fn = DiceCELoss(args.classes)
     print(f"training step: input {tuple(shape)}, AdamW, Dice+CE; warmup {args.warmup}, "
           f"median of {args.repeats}")
-    train = time_interleaved({k: train_step_fn(m, x, y, loss_fn) for k, m in models.items()},
-                             args.warmup, args.repeats)
+    train = report_times("train step", time_interleaved(
+        {k: train_step_fn(m, x, y, loss_fn) for k, m in models.items()}, args.warmup, args.repeats))
 
     ishape = (args.infer_batch, args.in_channels, *(args.infer_size,) * d)
     xi = torch.randn(ishape)
     print(f"inference: input {tuple(ishape)}, eval mode, no_grad; warmup {args.warmup}, "
           f"median of {args.repeats}")
-    infer = time_interleaved({k: infer_fn(m, xi) for k, m in models.items()}, args.warmup, args.repeats)
+    infer = report_times("inference", time_interleaved(
+        {k: infer_fn(m, xi) for k, m in models.items()}, args.warmup, args.repeats))
     voxels = args.infer_batch * args.infer_size**d
 
     ours, theirs = list(models)

@@ -13,6 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    """Half/bfloat16 logits are promoted to float32; float32/float64 stay as they are."""
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+
 def _label_map(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Check shapes/values and return the target as int64 (B, *spatial)."""
     if logits.ndim < 3 or logits.shape[1] != num_classes:
@@ -41,7 +46,7 @@ class DiceCELoss(nn.Module):
       ``include_background``. A class absent from both prediction and target scores dice = 1.
 
     ``forward(logits (B, K, *spatial), target (B, 1, *spatial) int)`` returns a scalar tensor.
-    Computation is in float32 even for half-precision logits.
+    Computation is in float32 for half-precision logits (float64 logits stay float64).
     """
 
     def __init__(self, num_classes: int, dice_weight: float = 1.0, ce_weight: float = 1.0,
@@ -61,7 +66,7 @@ class DiceCELoss(nn.Module):
     def ce_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Voxel-mean cross-entropy (scalar)."""
         labels = _label_map(logits, target, self.num_classes)
-        return F.cross_entropy(logits.float(), labels)
+        return F.cross_entropy(_at_least_float32(logits), labels)
 
     def dice_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``1 - mean soft Dice`` (scalar), as described in the class docstring."""
@@ -69,7 +74,7 @@ class DiceCELoss(nn.Module):
         return self._dice(logits, labels)
 
     def _dice(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(logits.float(), dim=1)
+        probs = torch.softmax(_at_least_float32(logits), dim=1)
         onehot = torch.zeros_like(probs).scatter_(1, labels.unsqueeze(1), 1.0)
         if not self.include_background:
             probs, onehot = probs[:, 1:], onehot[:, 1:]
@@ -81,9 +86,9 @@ class DiceCELoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         labels = _label_map(logits, target, self.num_classes)
-        loss = logits.new_zeros((), dtype=torch.float32)
+        loss = _at_least_float32(logits).new_zeros(())
         if self.ce_weight:
-            loss = loss + self.ce_weight * F.cross_entropy(logits.float(), labels)
+            loss = loss + self.ce_weight * F.cross_entropy(_at_least_float32(logits), labels)
         if self.dice_weight:
             loss = loss + self.dice_weight * self._dice(logits, labels)
         return loss
