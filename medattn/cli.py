@@ -23,18 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medattn import __version__
-from medattn.errors import MedattnError
-
-
-def _find_user_error(exc: BaseException) -> MedattnError | None:
-    """The MedattnError behind ``exc`` (MONAI wraps transform errors in RuntimeError)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, MedattnError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+from medattn.errors import find_user_error
 
 
 def cmd_synth(a: argparse.Namespace) -> int:
@@ -198,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
-        user = _find_user_error(exc)
+        user = find_user_error(exc)
         if user is not None:
             print(f"medattn: error: {user}", file=sys.stderr)
             return 2

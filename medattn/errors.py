@@ -32,3 +32,18 @@ class CheckpointError(MedattnError):
 
 class TrainingError(MedattnError):
     """Training cannot continue (for example a non-finite loss)."""
+
+
+def find_user_error(exc: BaseException | None) -> MedattnError | None:
+    """The first :class:`MedattnError` in ``exc``'s cause/context chain, or None.
+
+    MONAI wraps exceptions raised inside transforms in ``RuntimeError``; this digs the user-facing
+    error back out so that it can still be reported as one line.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, MedattnError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -28,7 +28,7 @@ from medattn.data.transforms import affine_4x4, preprocessing, resolve_orientati
 from medattn.engine.checkpoint import REQUIRED, labels_from_checkpoint, load_checkpoint
 from medattn.engine.resample import resample_to_grid
 from medattn.engine.sliding import sliding_window_probabilities
-from medattn.errors import CheckpointError, ConfigError, DataError, MedattnError
+from medattn.errors import CheckpointError, ConfigError, DataError, find_user_error
 from medattn.io import Image, read_image
 from medattn.models import create_model
 
@@ -83,18 +83,6 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{device}' requested but CUDA is not available")
     return dev
-
-
-def _cause(exc: BaseException) -> MedattnError | None:
-    """The first medattn error in ``exc``'s cause/context chain (MONAI wraps transform errors)."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        if isinstance(e, MedattnError):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
 
 
 class Predictor:
@@ -220,7 +208,7 @@ class Predictor:
             for t in self._transforms:
                 d = t(d)
         except Exception as e:
-            known = _cause(e)
+            known = find_user_error(e)
             if known is not None:
                 raise known from e
             raise DataError(f"cannot preprocess: {type(e).__name__}: {str(e).strip()[:160]}", paths[0]) from e

@@ -11,32 +11,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from support.geometry import rotation as _rotation
+from support.models import NearestCentre
 
 import medattn
 from medattn.engine.checkpoint import save_checkpoint
 from medattn.engine.infer import collect_cases, infer
 from medattn.errors import CheckpointError, DataError
 from medattn.io import Geometry, read_image, write_dicom_series, write_image
-from medattn.models import register_model
-
-
-@register_model("infer_test_nearest_centre")
-class NearestCentre(nn.Module):
-    """Per-voxel classifier: logits_k = -steepness * (sum_c w_c * x_c - centre_k)**2 (centres 0, 100:
-    the weighted intensity thresholded at 50)."""
-
-    def __init__(self, *, spatial_dims: int = 3, in_channels: int = 1, centres: list[float] | None = None,
-                 channel_weights: list[float] | None = None, steepness: float = 0.001) -> None:
-        super().__init__()
-        weights = channel_weights or [1.0 / in_channels] * in_channels
-        self.weight = nn.Parameter(torch.tensor(weights, dtype=torch.float32))  # a 1×1 convolution
-        self.register_buffer("centres", torch.tensor(centres or [0.0, 100.0], dtype=torch.float32))
-        self.steepness = steepness
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, *S) -> (B, K, *S)
-        y = torch.einsum("bc...,c->b...", x, self.weight).unsqueeze(1)
-        return -self.steepness * (y - self.centres.view(1, -1, *([1] * (x.ndim - 2)))) ** 2
 
 
 def make_checkpoint(path: Path, spatial_dims: int = 3, channel_weights: list[float] | None = None,
@@ -45,7 +27,7 @@ def make_checkpoint(path: Path, spatial_dims: int = 3, channel_weights: list[flo
     kwargs = {"spatial_dims": spatial_dims, "in_channels": len(channels), "centres": centres or [0.0, 100.0],
               "channel_weights": channel_weights}
     payload = {
-        "model": {"name": "infer_test_nearest_centre", "kwargs": kwargs},
+        "model": {"name": "test_nearest_centre", "kwargs": kwargs},
         "state_dict": NearestCentre(**kwargs).state_dict(),
         "labels": {"0": "background", "1": "tumour"}, "channels": channels, "spatial_dims": spatial_dims,
         "preprocess": {"orientation": "RAS" if spatial_dims == 3 else None,
@@ -56,14 +38,6 @@ def make_checkpoint(path: Path, spatial_dims: int = 3, channel_weights: list[flo
                   "save_probabilities": False},
     }
     return save_checkpoint(payload, path)
-
-
-def _rotation(axis: int, degrees: float) -> np.ndarray:
-    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
-    i, j = [k for k in range(3) if k != axis]
-    r = np.eye(3)
-    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-    return r
 
 
 OBLIQUE = Geometry.from_arrays((0.9, 1.2, 2.0), (10.0, -20.0, 5.0), _rotation(2, 25) @ _rotation(0, 15))
@@ -118,7 +92,7 @@ def test_nifti_outputs_probabilities_and_manifest(tmp_path: Path, ckpt3d: Path) 
     assert m["outputs"] == {"label": "case_000.nii.gz", "probabilities": "probabilities/case_000.nii.gz"}
     assert m["checkpoint"] == {"path": str(ckpt3d.resolve()),
                                "sha256": hashlib.sha256(ckpt3d.read_bytes()).hexdigest()}
-    assert m["medattn"] == medattn.__version__ and m["model"] == "infer_test_nearest_centre"
+    assert m["medattn"] == medattn.__version__ and m["model"] == "test_nearest_centre"
     assert m["labels"] == {"0": "background", "1": "tumour"} and m["device"] == "cpu"
     assert m["settings"] == {"overlap": 0.25, "blend": "gaussian", "tta": False, "sw_batch_size": 2,
                              "save_probabilities": True}

@@ -7,34 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from support.geometry import rotation as _rotation
+from support.models import NearestCentre
 
 from medattn.engine.checkpoint import save_checkpoint
 from medattn.engine.predictor import Predictor
 from medattn.errors import CheckpointError, ConfigError, DataError
 from medattn.io import Geometry, write_image
-from medattn.models import register_model
-
-
-@register_model("predictor_test_nearest_centre")
-class NearestCentre(nn.Module):
-    """Per-voxel classifier: logits_k = -steepness * (sum_c w_c * x_c - centre_k)**2.
-
-    With centres (0, 100) this thresholds the (weighted) intensity at 50; with centres 0..K-1 and a
-    large steepness it labels each voxel with its rounded intensity.
-    """
-
-    def __init__(self, *, spatial_dims: int = 3, in_channels: int = 1, centres: list[float] | None = None,
-                 channel_weights: list[float] | None = None, steepness: float = 0.001) -> None:
-        super().__init__()
-        weights = channel_weights or [1.0 / in_channels] * in_channels
-        self.weight = nn.Parameter(torch.tensor(weights, dtype=torch.float32))  # a 1×1 convolution
-        self.register_buffer("centres", torch.tensor(centres or [0.0, 100.0], dtype=torch.float32))
-        self.steepness = steepness
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, *S) -> (B, K, *S)
-        y = torch.einsum("bc...,c->b...", x, self.weight).unsqueeze(1)
-        return -self.steepness * (y - self.centres.view(1, -1, *([1] * (x.ndim - 2)))) ** 2
 
 
 def payload(spatial_dims: int = 3, centres: list[float] | None = None, steepness: float = 0.001,
@@ -44,21 +23,13 @@ def payload(spatial_dims: int = 3, centres: list[float] | None = None, steepness
     centres = centres or [0.0, 100.0]
     kwargs = {"spatial_dims": spatial_dims, "in_channels": 1, "centres": centres, "steepness": steepness}
     model = NearestCentre(**kwargs)
-    return {"model": {"name": "predictor_test_nearest_centre", "kwargs": kwargs},
+    return {"model": {"name": "test_nearest_centre", "kwargs": kwargs},
             "state_dict": model.state_dict(), "labels": {str(k): f"class{k}" for k in range(len(centres))},
             "channels": ["mr"], "spatial_dims": spatial_dims,
             "preprocess": {"orientation": orientation, "target_spacing": target_spacing,
                            "normalization": "none", "zscore_nonzero": True, "ct_window": [-1000.0, 1000.0]},
             "patch_size": [patch] * spatial_dims,
             "infer": {"overlap": 0.25, "blend": "gaussian", "tta": False, "sw_batch_size": 3}}
-
-
-def _rotation(axis: int, degrees: float) -> np.ndarray:
-    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
-    i, j = [k for k in range(3) if k != axis]
-    r = np.eye(3)
-    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-    return r
 
 
 OBLIQUE = Geometry.from_arrays((0.9, 1.2, 2.0), (10.0, -20.0, 5.0), _rotation(2, 25) @ _rotation(0, 15))

@@ -1,0 +1,1 @@
+"""Helpers shared by test modules (importable because pytest's ``pythonpath`` includes ``tests``)."""
