@@ -123,3 +123,11 @@ def test_early_stopping(synth3d, tmp_path, tiny):
                                "train.early_stopping_patience=2"), progress=False)
     # the Dice cannot improve with lr ~ 0: best at epoch 1, then two stale validations
     assert result.best_epoch == 1 and len(result.history) == 3
+
+
+def test_disk_and_no_cache_train_identically_to_memory_cache(synth3d, tmp_path, tiny):
+    runs = {c: train(tiny(synth3d, tmp_path / c, "train.epochs=1", "train.val_every=5", f"data.cache={c}"),
+                     progress=False) for c in ("memory", "disk", "none")}
+    assert_same_weights(runs["memory"].last_checkpoint, runs["disk"].last_checkpoint)
+    assert_same_weights(runs["memory"].last_checkpoint, runs["none"].last_checkpoint)
+    assert any((tmp_path / "disk" / "cache" / "train").iterdir())  # PersistentDataset wrote its cache
