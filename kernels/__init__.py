@@ -1,17 +1,45 @@
 """medattn.kernels: medattn's fused attention kernels (Triton) and their PyTorch reference path.
 
 This folder is the top-level ``kernels/`` of the repository and is installed as the
-sub-package ``medattn.kernels``. The blocked 3-D attention op (local windows, dilated groups,
-shifted windows, relative-position bias) lands here with its Triton kernels, reference and
-dispatcher; :func:`available_backends` already tells which backends this machine can run.
+sub-package ``medattn.kernels``. Public API:
+
+- :func:`blocked_attention3d` (``dispatch.py``): attention inside 3-D blocks of a
+  ``[B, D, H, W, heads, head_dim]`` token grid (local windows, dilated groups, cyclic shift,
+  relative-position bias), Triton on CUDA and the PyTorch reference on CPU;
+- :class:`Partition` (``spec.py``, which also documents the exact semantics) and
+  :func:`bias_table_size`;
+- :func:`reference_blocked_attention3d` (``reference.py``): the pure-PyTorch definition;
+- :func:`available_backends`, :func:`selected_backend`.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 
-__all__ = ["available_backends", "selected_backend"]
+__all__ = [
+    "Partition",
+    "available_backends",
+    "bias_table_size",
+    "blocked_attention3d",
+    "reference_blocked_attention3d",
+    "selected_backend",
+]
+
+# Imported lazily (PEP 562) so that ``import medattn.kernels`` stays light and needs no torch.
+_LAZY = {
+    "Partition": ".spec",
+    "bias_table_size": ".spec",
+    "blocked_attention3d": ".dispatch",
+    "reference_blocked_attention3d": ".reference",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _VALID = ("reference", "triton")
 

@@ -8,6 +8,8 @@ train      train a segmentation model from a config               medattn.engine
 infer      predict files/folders with a checkpoint                medattn.engine.infer.infer
 evaluate   Dice/IoU/HD95/NSD of predictions against labels        medattn.evaluate.evaluate_folders
 demo       synth → train → infer → evaluate on generated data     medattn.demo.run_demo
+run        a workflow file's stages, cached and resumable         medattn.workflow.run_workflow
+watch      folder-watch batch inference with a ledger             medattn.watch.watch
 info       versions, attention backends, models and configs       (here)
 =========  =====================================================  =================================
 
@@ -24,6 +26,8 @@ from pathlib import Path
 
 from medattn import __version__
 from medattn.errors import find_user_error
+from medattn.watch import cli as watch_cli
+from medattn.workflow import cli as workflow_cli
 
 
 def cmd_synth(a: argparse.Namespace) -> int:
@@ -38,10 +42,13 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 def cmd_train(a: argparse.Namespace) -> int:
     from medattn.config import load_config
+    from medattn.engine.distributed import env_ranks
     from medattn.engine.trainer import train
 
     cfg = load_config(a.config, a.set)
     result = train(cfg, resume=a.resume, progress=not a.no_progress)
+    if env_ranks()[0] != 0:
+        return 0  # under torchrun, rank 0 reports
     print(f"run folder:      {result.run_dir}")
     print(f"best checkpoint: {result.best_checkpoint} (epoch {result.best_epoch}, val Dice "
           f"{result.best_metric:.4f})" if result.best_metric >= 0 else f"best checkpoint: {result.best_checkpoint}")
@@ -55,7 +62,7 @@ def cmd_infer(a: argparse.Namespace) -> int:
     result = infer(a.checkpoint, a.inputs, a.output, overwrite=a.overwrite,
                    save_probabilities=a.save_probabilities or None, overlap=a.overlap, blend=a.blend,
                    tta=True if a.tta else None, sw_batch_size=a.sw_batch_size, device=a.device,
-                   progress=not a.no_progress)
+                   progress=not a.no_progress, shard=a.shard)
     print(f"{len(result.done)} predicted, {len(result.skipped)} skipped (already done), "
           f"{len(result.failed)} failed → {a.output}")
     for name, message in result.failed:
@@ -150,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--save-probabilities", action="store_true")
     i.add_argument("--overwrite", action="store_true", help="recompute cases that are already done")
     i.add_argument("--device", default="auto")
+    i.add_argument("--shard", default=None, metavar="I/N", help="predict only shard I of N (0-based) of the "
+                   "cases, sorted by name; under torchrun the default is RANK/WORLD_SIZE")
     i.add_argument("--no-progress", action="store_true")
     i.set_defaults(func=cmd_infer)
 
@@ -167,9 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, default=None, help="override the demo's number of epochs")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=cmd_demo)
+    workflow_cli.add_parser(sub, common)  # medattn run
 
     n = sub.add_parser("info", parents=[common], help="versions, backends, models and shipped configs")
     n.set_defaults(func=cmd_info)
+    watch_cli.add_parser(sub, common)  # medattn watch
     return p
 
 

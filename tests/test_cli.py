@@ -142,7 +142,7 @@ def test_info_lists_models_and_configs():
     assert proc.returncode == 0 and "attention_unet" in proc.stdout and "demo_3d" in proc.stdout
 
 
-@pytest.mark.parametrize("cmd", ["train", "infer", "evaluate", "synth", "demo"])
+@pytest.mark.parametrize("cmd", ["train", "infer", "evaluate", "synth", "demo", "run", "watch"])
 def test_every_command_has_help(cmd):
     proc = medattn(cmd, "--help")
     assert proc.returncode == 0 and "usage: medattn" in proc.stdout

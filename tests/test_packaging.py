@@ -20,12 +20,14 @@ def test_non_editable_install_ships_kernels_and_configs(tmp_path):
         "import medattn, medattn.kernels, medattn.configs, importlib.resources as r;"
         "print(medattn.kernels.__file__);"
         "print(sorted(p.name for p in r.files('medattn.configs').iterdir() if p.name.endswith('.yaml')));"
+        "print(sorted(p.name for p in r.files('medattn.workflows').iterdir() if p.name.endswith('.yaml')));"
         "print(medattn.kernels.selected_backend('cpu'))"
     )
     # -S: no site-packages, so neither the editable install nor the repo can be picked up
     proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=tmp_path,
                           env={"PYTHONPATH": str(target)}, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    kernels_file, configs, backend = proc.stdout.splitlines()
+    kernels_file, configs, workflows, backend = proc.stdout.splitlines()
     assert Path(kernels_file).is_relative_to(target)
     assert "demo_3d.yaml" in configs and backend == "reference"
+    assert "seg3d_attention_unet.yaml" in workflows

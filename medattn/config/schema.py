@@ -79,7 +79,7 @@ class TrainConfig:
     """Optimisation, validation and stopping."""
 
     epochs: int = 50
-    batch_size: int = 2
+    batch_size: int = 2  #: volumes per process and step (global batch: batch_size × processes × grad_accumulation)
     patch_size: list[int] = field(default_factory=lambda: [64, 64, 64])
     samples_per_volume: int = 2  #: random patches drawn from each cached volume per epoch
     pos_fraction: float = 0.5  #: share of patches centred on foreground (rest on background)
@@ -95,6 +95,9 @@ class TrainConfig:
     val_every: int = 1  #: validate every N epochs (sliding window over whole validation cases)
     early_stopping_patience: int = 0  #: stop after N validations without improvement (0: off)
     deterministic: bool = False  #: torch.use_deterministic_algorithms (slower on GPU)
+    grad_accumulation: int = 1  #: micro-batches whose gradients are summed before each optimizer step
+    sync_batchnorm: bool = False  #: SyncBatchNorm across processes (CUDA, models with batch norm)
+    dist_timeout_s: float = 1800.0  #: a collective waiting this long (dead or hung process) stops the run
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "epochs must be >= 1")
@@ -103,6 +106,8 @@ class TrainConfig:
         _check(0.0 <= self.pos_fraction <= 1.0, "pos_fraction must be in [0, 1]")
         _check(self.lr > 0 and self.weight_decay >= 0 and self.grad_clip >= 0, "lr > 0, weight_decay >= 0")
         _check(self.val_every >= 1, "val_every must be >= 1")
+        _check(self.grad_accumulation >= 1, "grad_accumulation must be >= 1")
+        _check(self.dist_timeout_s > 0, "dist_timeout_s must be > 0")
 
 
 @dataclass

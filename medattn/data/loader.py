@@ -1,8 +1,14 @@
 """Cached MONAI datasets and DataLoaders for training and validation.
 
 Deterministic preprocessing is cached (in memory with CacheDataset, or on disk with
-PersistentDataset); random augmentation runs after the cache, in DataLoader workers. Each epoch's
-randomness is a function of (seed, epoch) alone, so a resumed run repeats an uninterrupted one.
+PersistentDataset); random augmentation runs after the cache, in DataLoader workers.
+
+Randomness is a function of (seed, epoch) alone, so a resumed run repeats an uninterrupted one:
+the epoch's permutation of the training cases comes from (seed, epoch), and each drawn sample's
+crops and augmentations from (seed, epoch, case index). A sample is therefore the same whichever
+process or DataLoader worker draws it, and with several processes (DDP) each rank takes a
+disjoint shard of the one permutation (``DistributedSampler``): 2 processes with batch ``b`` see
+exactly the samples of 1 process with batch ``2 b``.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import numpy as np
 import torch
 from monai import data as md
 from monai import transforms as mt
+from torch.utils.data.distributed import DistributedSampler
 
 from medattn.config import Config
 from medattn.data.dataset import Case
@@ -90,13 +97,41 @@ def build_datasets(cfg: Config, train_cases: Sequence[Case], val_cases: Sequence
     return train_ds, val_ds
 
 
-def train_loader(ds: md.Dataset, cfg: Config, epoch: int) -> md.DataLoader:
-    """A loader whose shuffling and augmentation depend only on (seed, epoch)."""
+class SeededSamples(torch.utils.data.Dataset):
+    """``ds[i]`` with its random transforms reseeded from ``(seed, i)`` first.
+
+    The augmentation of a sample then depends on neither the order in which samples are drawn nor
+    on which process or worker draws them.
+    """
+
+    def __init__(self, ds: md.Dataset, seed: int) -> None:
+        self.ds, self.seed = ds, seed
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int):
+        transform = getattr(self.ds, "transform", None)
+        if isinstance(transform, mt.Randomizable | mt.Compose):
+            state = np.random.SeedSequence([self.seed % (2**32), int(index)]).generate_state(1)[0]
+            transform.set_random_state(seed=int(state))
+        return self.ds[index]
+
+
+def train_loader(ds: md.Dataset, cfg: Config, epoch: int, rank: int = 0, world_size: int = 1) -> md.DataLoader:
+    """This rank's loader for ``epoch``: shuffling and augmentation depend only on (seed, epoch).
+
+    The ``DistributedSampler`` shuffles all cases with a generator seeded from (seed, epoch), pads
+    the permutation to a multiple of ``world_size`` by repeating its start (so that every rank runs
+    the same number of steps) and gives rank ``r`` the positions ``r, r + world_size, ...``.
+    ``cfg.train.batch_size`` cases are loaded per rank and step.
+    """
     seed = cfg.seed * 100_003 + epoch
-    if isinstance(ds, md.Dataset) and isinstance(ds.transform, mt.Randomizable | mt.Compose):
-        ds.transform.set_random_state(seed=seed % (2**32))
-    generator = torch.Generator().manual_seed(seed)
-    # MONAI's DataLoader seeds each worker's random transforms from this generator (worker_init_fn).
-    return md.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
-                         generator=generator, drop_last=False, pin_memory=torch.cuda.is_available(),
-                         persistent_workers=False)
+    samples = SeededSamples(ds, seed)
+    sampler: DistributedSampler = DistributedSampler(samples, num_replicas=world_size, rank=rank, shuffle=True,
+                                                     seed=cfg.seed * 100_003, drop_last=False)
+    sampler.set_epoch(epoch)  # permutation from a generator seeded with seed + epoch
+    generator = torch.Generator().manual_seed(seed)  # MONAI's worker_init_fn seeds workers from it
+    return md.DataLoader(samples, batch_size=cfg.train.batch_size, sampler=sampler,
+                         num_workers=cfg.data.num_workers, generator=generator, drop_last=False,
+                         pin_memory=torch.cuda.is_available(), persistent_workers=False)

@@ -38,6 +38,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from medattn import __version__
+from medattn.engine import distributed
+from medattn.engine.distributed import placement
 from medattn.engine.predictor import Prediction, Predictor
 from medattn.errors import DataError, MedattnError
 from medattn.io import Geometry, case_name, list_images, prediction_path, write_image
@@ -273,7 +275,7 @@ def _manifest(case: InferCase, pred: Prediction, common: dict[str, Any], save_pr
 def infer(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, *,
           overwrite: bool = False, save_probabilities: bool | None = None, overlap: float | None = None,
           blend: str | None = None, tta: bool | None = None, sw_batch_size: int | None = None,
-          device: str = "auto", progress: bool = True) -> InferResult:
+          device: str = "auto", progress: bool = True, shard: str | tuple[int, int] | None = None) -> InferResult:
     """Segment every case of ``inputs`` into ``out_dir`` with one model load.
 
     Args:
@@ -286,6 +288,8 @@ def infer(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str | P
         overlap, blend, tta, sw_batch_size: sliding-window settings; None: the checkpoint's defaults.
         device: "auto", "cpu", "cuda", "cuda:N".
         progress: show a tqdm progress bar.
+        shard: ``"i/n"`` or ``(i, n)``: predict only every n-th case (sorted by name) from the i-th, so
+            that n processes split the inputs; under torchrun it defaults to ``RANK/WORLD_SIZE``.
 
     Returns:
         :class:`InferResult` (done / skipped / failed cases and output files).
@@ -297,9 +301,12 @@ def infer(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str | P
         ConfigError: invalid settings or device.
     """
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    part, device = placement(shard, device)
     predictor = Predictor(checkpoint, device=device, overlap=overlap, blend=blend, tta=tta,
                           sw_batch_size=sw_batch_size)
     cases = collect_cases(inputs, out_dir, len(predictor.channels))
+    if part is not None:  # deterministic: every n-th case by name, whatever the input order
+        cases = distributed.shard(sorted(cases, key=lambda c: c.name), *part)
     if save_probabilities is None:
         save_probabilities = bool(predictor.infer_defaults.get("save_probabilities", False))
     settings = {**predictor.settings, "save_probabilities": bool(save_probabilities)}

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medattn.kernels.attention_gate import attention_gate, use_fused_gate
 from medattn.models.blocks import (
     LINEAR_MODE,
     DoubleConv,
@@ -65,6 +66,9 @@ class AttentionGate(nn.Module):
     * output ``W(alpha * x)`` (B, C_x, *n) where ``W`` is a 1×1 conv followed by the norm (the conv
       has a bias only for group norm; instance/batch norm would cancel it).
 
+    On CUDA (unless ``MEDATTN_ATTENTION=reference``) ``alpha`` at the gating resolution comes from the
+    fused Triton kernel :func:`medattn.kernels.attention_gate.attention_gate`; on CPU from the PyTorch ops.
+
     ``forward`` returns ``(output, alpha)`` with ``alpha`` at the skip resolution (B, 1, *n), in [0, 1].
     Spatial sizes of ``x`` must be even and exactly twice those of ``g``.
     """
@@ -81,8 +85,11 @@ class AttentionGate(nn.Module):
             NormAct(norm_kind, spatial_dims, skip_channels, act=False))
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = F.relu(self.theta_x(x) + self.phi_g(g), inplace=True)
-        alpha = torch.sigmoid(self.psi(f))
+        if use_fused_gate(x):  # CUDA: one Triton pass, ReLU(theta_x + phi_g) never written to memory
+            alpha = attention_gate(self.theta_x(x), self.phi_g(g), self.psi.weight, self.psi.bias, backend="triton")
+        else:
+            f = F.relu(self.theta_x(x) + self.phi_g(g), inplace=True)
+            alpha = torch.sigmoid(self.psi(f))
         alpha = F.interpolate(alpha, size=x.shape[2:], mode=self.mode, align_corners=False)
         return self.W(x * alpha), alpha
 
