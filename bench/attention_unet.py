@@ -32,16 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medattn.engine.losses import DiceCELoss
 from medattn.models import create_model
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from medattn.workflow.report import cpu_name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -138,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     d = args.spatial_dims
     print("command: python bench/attention_unet.py " + " ".join(sys.argv[1:] if argv is None else argv))
-    print(f"CPU: {_cpu_model()} ({os.cpu_count()} logical cores), threads={torch.get_num_threads()}")
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores), threads={torch.get_num_threads()}")
     print(f"torch {torch.__version__}, monai {monai.__version__}, python {platform.python_version()}")
     print(f"channels={list(args.channels)} depth={len(args.channels)} spatial_dims={d} "
           f"medattn norm={args.norm} (MONAI: batch)")

@@ -22,7 +22,8 @@ _STATUS_COLOUR = {"ran": "#1a7f37", "skipped": "#57606a", "failed": "#cf222e", "
                   "running": "#0969da", "pending": "#57606a", "not selected": "#8c959f"}
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (or the platform's best guess)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -39,7 +40,7 @@ def environment() -> dict[str, Any]:
     import torch
 
     cuda = torch.cuda.is_available()
-    device = {"type": "cuda" if cuda else "cpu", "cpu": _cpu_name(), "host": platform.node()}
+    device = {"type": "cuda" if cuda else "cpu", "cpu": cpu_name(), "host": platform.node()}
     if cuda:
         device["gpu"] = torch.cuda.get_device_name(0)
     versions = {"python": sys.version.split()[0], "torch": torch.__version__, "monai": monai.__version__,

@@ -8,38 +8,23 @@ Every check draws fresh random inputs and poisons the kernel outputs with NaN be
 element a kernel fails to write shows up as NaN.
 """
 
-import os
-import re
-import subprocess
-import sys
 import zlib
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from medattn.kernels.attention_gate import attention_gate, reference_attention_gate, use_fused_gate
+from support.interpreter import INTERPRETED, interpreted, not_interpreted, run_module_under_interpreter
 
 from medattn.models.attention_unet import AttentionGate
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in test_triton_kernels_under_the_interpreter")
 # relative error ‖out − ref‖ / ‖ref‖ against the fp32 reference on the same (rounded) inputs
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
-@pytest.mark.skipif(INTERPRETED, reason="this is the interpreter run")
+@not_interpreted
 def test_triton_kernels_under_the_interpreter():
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__).resolve()),
-         "-k", "not under_the_interpreter and not cuda"],
-        env=env, capture_output=True, text=True, timeout=300)
-    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert "skipped" not in summary and "failed" not in summary, summary
-    assert int(re.search(r"(\d+) passed", summary).group(1)) >= 20, summary  # 17 kernel tests + 3 on the reference
+    run_module_under_interpreter(__file__, "not under_the_interpreter and not cuda", min_passed=20, timeout=300)
 
 
 @pytest.fixture

@@ -8,35 +8,20 @@ buffer with NaN (``triton_forward.POISON_OUTPUTS``), so an element a kernel fail
 The interpreter has no bfloat16 and computes fp32 ``tl.dot`` in IEEE fp32: fp32 and fp16 are tested.
 """
 
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from medattn.kernels import Partition, bias_table_size, blocked_attention3d, reference_blocked_attention3d
+from support.interpreter import INTERPRETED, interpreted, not_interpreted, run_module_under_interpreter
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in test_triton_kernels_under_the_interpreter")
 # ‖out − ref‖ / ‖ref‖ against the fp32 reference on the same (rounded) inputs
 TOL = {torch.float32: 2e-6, torch.float16: 2e-3}
 _SEED = iter(range(10_000, 20_000))
 
 
-@pytest.mark.skipif(INTERPRETED, reason="this is the interpreter run")
+@not_interpreted
 def test_triton_kernels_under_the_interpreter():
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__).resolve()),
-         "-k", "not under_the_interpreter"],
-        env=env, capture_output=True, text=True, timeout=400)
-    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert "skipped" not in summary and "failed" not in summary, summary
-    assert int(re.search(r"(\d+) passed", summary).group(1)) >= 11, summary
+    run_module_under_interpreter(__file__, "not under_the_interpreter", min_passed=11, timeout=400)
 
 
 @pytest.fixture(autouse=True)
