@@ -73,6 +73,46 @@ def block_index(spatial: tuple[int, int, int], partition: Partition, device: tor
     return BlockIndex(gather.to(device), scatter.to(device), mask, n_blocks)
 
 
+class _ToBlocks(torch.autograd.Function):
+    """``x.index_select(1, gather)`` (tokens → block slots) with a gather as its backward.
+
+    Autograd would scatter-add the slot gradients back to tokens. That is not needed: every real token
+    sits in exactly one slot, and padding slots always receive exactly zero gradient (their keys have
+    probability 0 for real queries, and their query rows are never read back, so dO = 0 there). The
+    backward is therefore one ``index_select`` through the inverse map, without accumulation.
+    """
+
+    @staticmethod
+    def forward(ctx, x, gather, scatter):  # type: ignore[override]
+        ctx.save_for_backward(scatter)
+        return x.index_select(1, gather)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (scatter,) = ctx.saved_tensors
+        return grad.index_select(1, scatter), None, None
+
+
+class _ToTokens(torch.autograd.Function):
+    """``x.index_select(1, scatter)`` (block slots → tokens) whose backward copies instead of adding.
+
+    ``scatter`` names each slot at most once, so the gradient of the slots is a plain (non-accumulating)
+    ``index_copy`` into zeros; padding slots get exactly zero.
+    """
+
+    @staticmethod
+    def forward(ctx, x, scatter):  # type: ignore[override]
+        ctx.save_for_backward(scatter)
+        ctx.n_slots = x.shape[1]
+        return x.index_select(1, scatter)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (scatter,) = ctx.saved_tensors
+        shape = (grad.shape[0], ctx.n_slots, *grad.shape[2:])
+        return grad.new_zeros(shape).index_copy_(1, scatter, grad), None
+
+
 @lru_cache(maxsize=64)
 def relative_index(window: tuple[int, int, int], device: torch.device) -> torch.Tensor:
     """``[T, T]`` int64: bias-table entry of every (query slot, key slot) pair of a block."""
@@ -107,7 +147,7 @@ def reference_blocked_attention3d(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
 
     def blocks(x: torch.Tensor) -> torch.Tensor:  # [B, D, H, W, heads, hd] -> [B, nb, heads, T, hd]
-        x = x.reshape(B, D * H * W, heads, hd).index_select(1, idx.gather)
+        x = _ToBlocks.apply(x.reshape(B, D * H * W, heads, hd), idx.gather, idx.scatter)
         return x.view(B, idx.n_blocks, T, heads, hd).transpose(2, 3).to(compute)
 
     qb, kb, vb = blocks(q), blocks(k), blocks(v)
@@ -117,5 +157,5 @@ def reference_blocked_attention3d(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     if idx.mask is not None:
         scores = scores + idx.mask.to(compute)
     out = torch.matmul(torch.softmax(scores, dim=-1), vb)  # [B, nb, heads, T, hd]
-    out = out.transpose(2, 3).reshape(B, idx.n_blocks * T, heads, hd).index_select(1, idx.scatter)
+    out = _ToTokens.apply(out.transpose(2, 3).reshape(B, idx.n_blocks * T, heads, hd), idx.scatter)
     return out.view(B, D, H, W, heads, hd).to(q.dtype)
