@@ -111,7 +111,7 @@ def _expand(inputs: Sequence[str | Path]) -> list[Path]:
     return list(unique.values())
 
 
-def _group(files: list[Path], n_channels: int) -> list[tuple[str, tuple[Path, ...], str | None]]:
+def group_channel_files(files: list[Path], n_channels: int) -> list[tuple[str, tuple[Path, ...], str | None]]:
     """(case name, channel files in order, grouping problem or None) per case, in input order."""
     if n_channels == 1:
         out = []
@@ -166,7 +166,7 @@ def collect_cases(inputs: Sequence[str | Path], out_dir: str | Path, n_channels:
     inputs_resolved = {f.resolve() for f in files}
     cases: list[InferCase] = []
     by_name: dict[str, Path] = {}
-    for name, images, problem in _group(files, n_channels):
+    for name, images, problem in group_channel_files(files, n_channels):
         if name in by_name:
             raise DataError(f"two inputs for case {name!r}: {by_name[name]} and {images[0]}")
         by_name[name] = images[0]
@@ -211,7 +211,7 @@ def _geometry_3d(g: Geometry) -> Geometry:
     return Geometry.from_arrays((*g.spacing, 1.0), (*g.origin, 0.0), d)
 
 
-def _write_case(case: InferCase, pred: Prediction, manifest: dict[str, Any],
+def write_case_outputs(case: InferCase, pred: Prediction, manifest: dict[str, Any],
                 save_probabilities: bool) -> list[Path]:
     """Write label, optional probabilities, then the manifest; on any error remove what was written.
 
@@ -256,13 +256,13 @@ def _forget_previous(case: InferCase) -> None:
         case.probabilities_path.unlink(missing_ok=True)
 
 
-def _message(case: InferCase, exc: BaseException) -> str:
+def failure_message(case: InferCase, exc: BaseException) -> str:
     if isinstance(exc, MedattnError):
         return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return f"{case.images[0]}: {type(exc).__name__}: {short_reason(exc)}"
 
 
-def _manifest(case: InferCase, pred: Prediction, common: dict[str, Any], save_probabilities: bool) -> dict:
+def case_manifest(case: InferCase, pred: Prediction, common: dict[str, Any], save_probabilities: bool) -> dict:
     return {"case": case.name, "inputs": [str(p.resolve()) for p in case.images],
             "outputs": {"label": case.label_path.name,
                         "probabilities": (f"{PROBABILITIES_DIR}/{case.probabilities_path.name}"
@@ -336,11 +336,11 @@ def infer(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str | P
             try:
                 pred = predictor.run(prepared.result())
                 _forget_previous(case)
-                manifest = _manifest(case, pred, common, bool(save_probabilities))
-                result.outputs[case.name] = _write_case(case, pred, manifest, bool(save_probabilities))
+                manifest = case_manifest(case, pred, common, bool(save_probabilities))
+                result.outputs[case.name] = write_case_outputs(case, pred, manifest, bool(save_probabilities))
                 result.done.append(case.name)
             except Exception as e:  # one case fails alone; the message is recorded for the caller
-                result.failed.append((case.name, _message(case, e)))
+                result.failed.append((case.name, failure_message(case, e)))
             finally:
                 bar.update(1)
     return result

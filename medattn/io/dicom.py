@@ -100,7 +100,7 @@ def _series_files(folder: Path, series_uid: str | None) -> tuple[str, list[str]]
     return series_uid, list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
 
 
-def _slice_header(file: str, folder: Path) -> sitk.ImageFileReader:
+def slice_header(file: str, folder: Path) -> sitk.ImageFileReader:
     reader = sitk.ImageFileReader()
     reader.SetFileName(file)
     try:
@@ -110,7 +110,7 @@ def _slice_header(file: str, folder: Path) -> sitk.ImageFileReader:
     return reader
 
 
-def _series_geometry(headers: list[sitk.ImageFileReader], folder: Path) -> tuple[list[int], Geometry]:
+def series_geometry(headers: list[sitk.ImageFileReader], folder: Path) -> tuple[list[int], Geometry]:
     """Slice order (ascending along the normal) and the volume geometry; DataError if not a regular grid."""
     first = headers[0]
     if any(not h.HasMetaDataKey(_POSITION) or not h.HasMetaDataKey(_ORIENTATION) for h in headers):
@@ -163,8 +163,8 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Imag
         image = read_dicom_file(files[0])
         image.path = folder
         return image
-    headers = [_slice_header(f, folder) for f in files]
-    order, geometry = _series_geometry(headers, folder)
+    headers = [slice_header(f, folder) for f in files]
+    order, geometry = series_geometry(headers, folder)
     files = [files[i] for i in order]
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)

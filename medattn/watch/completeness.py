@@ -27,7 +27,7 @@ import SimpleITK as sitk
 
 from medattn.engine.infer import file_sha256
 from medattn.errors import DataError
-from medattn.io.dicom import _series_geometry, _slice_header, is_dicom_file
+from medattn.io.dicom import is_dicom_file, series_geometry, slice_header
 
 MARKER = ".done"
 
@@ -81,7 +81,7 @@ def dicom_problem(folder: Path) -> str | None:
         if len(files) < 2:
             continue
         try:
-            _series_geometry([_slice_header(str(f), folder) for f in files], folder)
+            series_geometry([slice_header(str(f), folder) for f in files], folder)
         except DataError as e:
             return f"series {uid}: {e}"
     return None

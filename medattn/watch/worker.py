@@ -30,7 +30,14 @@ from typing import Any
 
 from medattn import __version__
 from medattn.engine.checkpoint import load_checkpoint
-from medattn.engine.infer import InferCase, _group, _manifest, _message, _write_case, file_sha256
+from medattn.engine.infer import (
+    InferCase,
+    case_manifest,
+    failure_message,
+    file_sha256,
+    group_channel_files,
+    write_case_outputs,
+)
 from medattn.engine.predictor import Predictor
 from medattn.errors import CheckpointError, MedattnError
 from medattn.io import case_name, prediction_path
@@ -106,7 +113,7 @@ class SegmentationHandler:
 
     def base_name(self, path: Path) -> str:
         """The case name of an input (``infer``'s rule: a trailing ``_0000`` is dropped)."""
-        return _group([path], 1)[0][0]
+        return group_channel_files([path], 1)[0][0]
 
     def run(self, path: Path, case: str, staging: Path, extra: dict[str, Any]) -> list[Path]:
         """Predict ``path`` and write ``<case><ext>`` and ``<case>.json`` into ``staging``.
@@ -117,8 +124,8 @@ class SegmentationHandler:
         c = InferCase(case, (path,), staging / f"{case}{ext}", staging / "probabilities" / f"{case}.nii.gz",
                       staging / f"{case}.json")
         pred = self.predictor.predict([path])
-        manifest = {**_manifest(c, pred, self.common, False), **extra}
-        return _write_case(c, pred, manifest, False)
+        manifest = {**case_manifest(c, pred, self.common, False), **extra}
+        return write_case_outputs(c, pred, manifest, False)
 
 
 def make_handler(checkpoint: Path, device: str = "auto") -> SegmentationHandler:
@@ -262,7 +269,7 @@ class Worker:
                     self.log(f"retrying {path.name} in {delay:g} s: {short_reason(e)}")
                     time.sleep(delay)
                     continue
-                self._quarantine(path, row, _message(InferCase(row.case_name, (path,), path, path, path), e),
+                self._quarantine(path, row, failure_message(InferCase(row.case_name, (path,), path, path, path), e),
                                  attempts)
                 return
         names = []
