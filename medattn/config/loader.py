@@ -25,16 +25,23 @@ def shipped_configs() -> dict[str, Path]:
     return {Path(str(p)).stem: Path(str(p)) for p in root.iterdir() if str(p).endswith(".yaml")}
 
 
-def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A path as given if it exists, else a shipped config of that name; ConfigError otherwise."""
+def find_file_or_shipped(name_or_path: str | Path, shipped: dict[str, Path]) -> Path | None:
+    """``name_or_path`` if it is a file, else the shipped file of that bare name (with or without
+    ``.yaml``), else None. Used for configs and workflows alike."""
     p = Path(name_or_path)
     if p.is_file():
         return p
-    shipped = shipped_configs()
     key = p.stem if p.suffix in (".yaml", ".yml") else str(name_or_path)
-    if not p.parent.parts and key in shipped:
-        return shipped[key]
-    raise ConfigError(f"no such config file (shipped configs: {', '.join(sorted(shipped))})", p)
+    return shipped.get(key) if not p.parent.parts else None
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A path as given if it exists, else a shipped config of that name; ConfigError otherwise."""
+    shipped = shipped_configs()
+    found = find_file_or_shipped(name_or_path, shipped)
+    if found is None:
+        raise ConfigError(f"no such config file (shipped configs: {', '.join(sorted(shipped))})", name_or_path)
+    return found
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from medattn import __version__
-from medattn.config.loader import apply_override, read_yaml
+from medattn.config.loader import apply_override, find_file_or_shipped, read_yaml
 from medattn.errors import ConfigError, MedattnError
 from medattn.workflow.stages import PLANNED_KINDS, STAGE_KINDS, check_params, fingerprint
 
@@ -123,14 +123,12 @@ def shipped_workflows() -> dict[str, Path]:
 
 def resolve_workflow_path(name_or_path: str | Path) -> Path:
     """A workflow file as given if it exists, else a shipped workflow of that name."""
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
     shipped = shipped_workflows()
-    key = p.stem if p.suffix in (".yaml", ".yml") else str(name_or_path)
-    if not p.parent.parts and key in shipped:
-        return shipped[key]
-    raise WorkflowError(f"no such workflow file (shipped workflows: {', '.join(sorted(shipped)) or 'none'})", p)
+    found = find_file_or_shipped(name_or_path, shipped)
+    if found is None:
+        raise WorkflowError(f"no such workflow file (shipped workflows: {', '.join(sorted(shipped)) or 'none'})",
+                            name_or_path)
+    return found
 
 
 def _parse_input(path: Path, stage: str, key: str, value: Any) -> InputRef:
