@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from medattn.config.coerce import build_dataclass
+from medattn.config.mil_schema import MilConfig
 from medattn.config.schema import Config
 from medattn.errors import ConfigError
 from medattn.io.atomic import atomic_write_text
@@ -89,13 +90,25 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     node[parts[-1]] = value
 
 
-def config_from_dict(data: dict[str, Any], source: str | None = None) -> Config:
-    """Validate a plain mapping into a :class:`Config` (errors name ``source`` and the key)."""
-    return build_dataclass(Config, data, "", source)
+PIPELINES = ("segmentation", "mil")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def config_from_dict(data: dict[str, Any], source: str | None = None) -> Config | MilConfig:
+    """Validate a plain mapping into a :class:`Config`, or a :class:`MilConfig` when it says
+    ``pipeline: mil`` (errors name ``source`` and the key)."""
+    pipeline = data.get("pipeline", "segmentation")
+    if pipeline not in PIPELINES:
+        raise ConfigError(f"pipeline: must be one of {', '.join(PIPELINES)}, got {pipeline!r}", source)
+    if pipeline == "mil":
+        return build_dataclass(MilConfig, data, "", source)
+    return build_dataclass(Config, {k: v for k, v in data.items() if k != "pipeline"}, "", source)
+
+
+def load_config(path: str | Path | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> Config | MilConfig:
     """Load ``path`` (or the defaults when None), apply ``--set`` overrides, validate.
+
+    The file's ``pipeline`` key (``segmentation``, the default, or ``mil``) picks the schema.
 
     Raises:
         ConfigError: one line naming the file (or ``--set``) and the offending key.
@@ -117,12 +130,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
-def config_to_dict(cfg: Config) -> dict[str, Any]:
+def load_mil_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> MilConfig:
+    """:func:`load_config` for a file that must be a MIL config (``pipeline: mil``)."""
+    cfg = load_config(path, ["pipeline=mil", *overrides] if path is None else overrides)
+    if not isinstance(cfg, MilConfig):
+        raise ConfigError("not a MIL config (add 'pipeline: mil')", path)
+    return cfg
+
+
+def config_to_dict(cfg: Config | MilConfig) -> dict[str, Any]:
     """Plain-data form (YAML/JSON safe) of a config."""
     return dataclasses.asdict(cfg)
 
 
-def save_config(cfg: Config, path: str | Path) -> Path:
+def save_config(cfg: Config | MilConfig, path: str | Path) -> Path:
     """Write the resolved config as YAML next to an output (atomically)."""
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
     atomic_write_text(path, "# resolved medattn config\n" + text)

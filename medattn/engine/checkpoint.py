@@ -17,6 +17,9 @@ A checkpoint is a plain dict of tensors and Python primitives, so it loads with
 ``config``         the resolved run config (plain data)
 ``train_state``    optional: optimizer, scheduler, scaler, RNG states, epoch, history, best metric
 =================  ==========================================================================
+
+MIL checkpoints say ``kind: "mil"`` and hold ``model``, ``state_dict``, ``task``, ``encoder`` and
+``patch`` (see :mod:`medattn.engine.mil_checkpoint`) instead of the segmentation keys.
 """
 
 from __future__ import annotations
@@ -38,6 +41,13 @@ from medattn.io.atomic import atomic_path
 FORMAT = "medattn-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED = ("model", "state_dict", "labels", "spatial_dims", "preprocess", "patch_size")
+#: keys a checkpoint of each ``kind`` must hold (segmentation checkpoints carry no ``kind`` key)
+REQUIRED_BY_KIND = {"segmentation": REQUIRED, "mil": ("model", "state_dict", "task", "encoder", "patch")}
+
+
+def checkpoint_kind(ckpt: dict[str, Any]) -> str:
+    """``"segmentation"`` or ``"mil"``: which pipeline wrote the checkpoint."""
+    return str(ckpt.get("kind", "segmentation"))
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
@@ -69,7 +79,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError("not a medattn checkpoint", path)
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"written by a newer medattn ({ckpt.get('medattn')}); upgrade medattn", path)
-    missing = [k for k in REQUIRED if k not in ckpt]
+    kind = checkpoint_kind(ckpt)
+    if kind not in REQUIRED_BY_KIND:
+        raise CheckpointError(f"unknown checkpoint kind {kind!r}", path)
+    missing = [k for k in REQUIRED_BY_KIND[kind] if k not in ckpt]
     if missing:
         raise CheckpointError(f"incomplete checkpoint, missing {', '.join(missing)}", path)
     return ckpt

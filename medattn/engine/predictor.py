@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from medattn.data.transforms import affine_4x4, preprocessing, resolve_orientation
-from medattn.engine.checkpoint import REQUIRED, labels_from_checkpoint, load_checkpoint
+from medattn.engine.checkpoint import REQUIRED, checkpoint_kind, labels_from_checkpoint, load_checkpoint
 from medattn.engine.resample import resample_to_grid
 from medattn.engine.sliding import sliding_window_probabilities
 from medattn.errors import CheckpointError, ConfigError, DataError, find_user_error
@@ -118,6 +118,8 @@ class Predictor:
             self.checkpoint_path = Path(checkpoint)
             ckpt = load_checkpoint(self.checkpoint_path)
         where = self.checkpoint_path
+        if checkpoint_kind(ckpt) != "segmentation":
+            raise CheckpointError(f"a {checkpoint_kind(ckpt)} checkpoint, not a segmentation one", where)
         self.device = resolve_device(device)
         self.labels: dict[int, str] = labels_from_checkpoint(ckpt)
         self.spatial_dims: int = int(ckpt["spatial_dims"])
