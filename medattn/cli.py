@@ -1,17 +1,24 @@
 """The ``medattn`` command line. Each command parses its arguments and calls one function.
 
-=========  =====================================================  =================================
+=========  =====================================================  ============================================
 command    does                                                   calls
-=========  =====================================================  =================================
-synth      write a synthetic dataset (dataset.json layout)        medattn.data.synth.write_synthetic_dataset
-train      train a segmentation model from a config               medattn.engine.trainer.train
-infer      predict files/folders with a checkpoint                medattn.engine.infer.infer
-evaluate   Dice/IoU/HD95/NSD of predictions against labels        medattn.evaluate.evaluate_folders
+=========  =====================================================  ============================================
+synth      synthetic phantoms, whole slides or feature bags       medattn.data.synth / wsi_synth / bag_synth
+train      train a segmentation model, or cross-validate a MIL    medattn.engine.trainer.train,
+           model (``pipeline: mil`` configs)                      medattn.engine.mil_trainer.train_mil
+infer      segmentation of images, or slide-level MIL             medattn.engine.infer.infer,
+           predictions with attention heatmaps                    medattn.engine.mil_infer.infer_slides
+evaluate   Dice/IoU/HD95/NSD of label maps, or AUC/BA/F1/C-index  medattn.evaluate.evaluate_folders,
+           of slide predictions                                   medattn.evaluate.mil_evaluate
+features   whole-slide images → HDF5 feature bags (resumable)     medattn.data.features.extract_features
+explain    counterfactuals (MIL) or gate maps/occlusion           medattn.explain.cli
+           (segmentation) → a self-contained report.html
+report     rebuild an explanation folder's report.html            medattn.report.build_report
 demo       synth → train → infer → evaluate on generated data     medattn.demo.run_demo
 run        a workflow file's stages, cached and resumable         medattn.workflow.run_workflow
 watch      folder-watch batch inference with a ledger             medattn.watch.watch
 info       versions, attention backends, models and configs       (here)
-=========  =====================================================  =================================
+=========  =====================================================  ============================================
 
 User errors print one line (``medattn: error: <file>: <problem>``) and exit with status 2;
 ``--debug`` shows the traceback instead.
@@ -25,7 +32,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medattn import __version__
+from medattn.data import features_cli, synth_cli
 from medattn.errors import find_user_error
+from medattn.explain import cli as explain_cli
 from medattn.watch import cli as watch_cli
 from medattn.workflow import cli as workflow_cli
 
@@ -33,6 +42,8 @@ from medattn.workflow import cli as workflow_cli
 def cmd_synth(a: argparse.Namespace) -> int:
     from medattn.data.synth import write_synthetic_dataset
 
+    if (done := synth_cli.run(a)) is not None:  # --kind wsi | bags
+        return done
     path = write_synthetic_dataset(a.out, spatial_dims=a.dims, n_train=a.n_train, n_test=a.n_test,
                                    n_organs=a.organs, file_ending=a.format, seed=a.seed, channels=a.channels,
                                    oblique=not a.no_oblique)
@@ -46,6 +57,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     from medattn.engine.trainer import train
 
     cfg = load_config(a.config, a.set)
+    if getattr(cfg, "pipeline", None) == "mil":  # whole-slide MIL: patient-level k-fold cross-validation
+        from medattn.engine.mil_trainer import train_mil_cli
+
+        return train_mil_cli(cfg, resume=a.resume, progress=not a.no_progress)
     result = train(cfg, resume=a.resume, progress=not a.no_progress)
     if env_ranks()[0] != 0:
         return 0  # under torchrun, rank 0 reports
@@ -58,11 +73,18 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_infer(a: argparse.Namespace) -> int:
     from medattn.engine.infer import infer
+    from medattn.engine.mil_checkpoint import is_mil_checkpoint
 
-    result = infer(a.checkpoint, a.inputs, a.output, overwrite=a.overwrite,
-                   save_probabilities=a.save_probabilities or None, overlap=a.overlap, blend=a.blend,
-                   tta=True if a.tta else None, sw_batch_size=a.sw_batch_size, device=a.device,
-                   progress=not a.no_progress, shard=a.shard)
+    if is_mil_checkpoint(a.checkpoint):  # whole-slide MIL: slides and/or .h5 bags
+        from medattn.engine.mil_infer import infer_slides
+
+        result = infer_slides(a.checkpoint, a.inputs, a.output, overwrite=a.overwrite, progress=not a.no_progress,
+                              mpp=a.mpp, magnification=a.magnification, shard=a.shard, device=a.device)
+    else:
+        result = infer(a.checkpoint, a.inputs, a.output, overwrite=a.overwrite,
+                       save_probabilities=a.save_probabilities or None, overlap=a.overlap, blend=a.blend,
+                       tta=True if a.tta else None, sw_batch_size=a.sw_batch_size, device=a.device,
+                       progress=not a.no_progress, shard=a.shard)
     print(f"{len(result.done)} predicted, {len(result.skipped)} skipped (already done), "
           f"{len(result.failed)} failed → {a.output}")
     for name, message in result.failed:
@@ -72,7 +94,10 @@ def cmd_infer(a: argparse.Namespace) -> int:
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from medattn.evaluate import evaluate_folders, format_summary_table
+    from medattn.evaluate.mil_evaluate import evaluate_cli, is_mil_predictions
 
+    if is_mil_predictions(a.predictions):  # MIL: predictions.csv (or a folder with one) vs the slide CSV
+        return evaluate_cli(a.predictions, a.references, a.output)
     labels = _labels_from(a.labels) if a.labels else None
     out = a.output or str(Path(a.predictions) / "evaluation")
     summary = evaluate_folders(a.predictions, a.references, out, labels=labels, nsd_tolerance=a.nsd_tolerance,
@@ -126,8 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"medattn {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("synth", parents=[common], help="write a synthetic phantom dataset")
-    s.add_argument("out", help="output folder (gets dataset.json, imagesTr/, labelsTr/, imagesTs/, labelsTs/)")
+    s = sub.add_parser("synth", parents=[common], help="write a synthetic dataset (phantoms, slides or bags)")
+    s.add_argument("out", help="output folder (phantom: dataset.json, imagesTr/, labelsTr/, imagesTs/, labelsTs/; "
+                               "wsi: slides/, annotations/, slides.csv; bags: bags/, slides.csv, instances.csv)")
     s.add_argument("--dims", type=int, choices=(2, 3), default=3)
     s.add_argument("--n-train", type=int, default=8)
     s.add_argument("--n-test", type=int, default=2)
@@ -136,9 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", default=None, help="file ending: .nii.gz, .nrrd, .mha (3-D) or .png (2-D)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-oblique", action="store_true", help="identity directions instead of oblique ones")
+    synth_cli.add_arguments(s)  # --kind wsi | bags and their options
     s.set_defaults(func=cmd_synth)
 
-    t = sub.add_parser("train", parents=[common], help="train a segmentation model")
+    t = sub.add_parser("train", parents=[common],
+                       help="train a segmentation model, or cross-validate a MIL model (pipeline: mil)")
     t.add_argument("config", help="YAML config file, or the name of a shipped config (see `medattn info`)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=5 (repeatable)")
@@ -159,12 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--device", default="auto")
     i.add_argument("--shard", default=None, metavar="I/N", help="predict only shard I of N (0-based) of the "
                    "cases, sorted by name; under torchrun the default is RANK/WORLD_SIZE")
+    i.add_argument("--mpp", type=float, default=None, help="MIL: µm per pixel for slides whose metadata lacks it")
+    i.add_argument("--magnification", type=float, default=None,
+                   help="MIL: objective power for slides whose metadata lacks it")
     i.add_argument("--no-progress", action="store_true")
     i.set_defaults(func=cmd_infer)
 
     e = sub.add_parser("evaluate", parents=[common], help="score predictions against reference labels")
-    e.add_argument("predictions", help="folder of predicted label maps")
-    e.add_argument("references", help="folder of reference label maps (matched by case name)")
+    e.add_argument("predictions", help="folder of predicted label maps; MIL: predictions.csv or a folder with one")
+    e.add_argument("references", help="folder of reference label maps (matched by case name); MIL: the slide CSV")
     e.add_argument("-o", "--output", default=None, help="output folder (default: PREDICTIONS/evaluation)")
     e.add_argument("--labels", default=None, help="dataset.json or checkpoint to take class names from")
     e.add_argument("--nsd-tolerance", type=float, default=1.0, help="NSD tolerance in mm")
@@ -181,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("info", parents=[common], help="versions, backends, models and shipped configs")
     n.set_defaults(func=cmd_info)
     watch_cli.add_parser(sub, common)  # medattn watch
+    features_cli.add_parser(sub, common)  # medattn features
+    explain_cli.add_parser(sub, common)  # medattn explain, medattn report
     return p
 
 

@@ -1,12 +1,14 @@
 """``medattn demo``: the ``seg3d_attention_unet`` workflow on generated phantoms, in a few minutes on CPU.
 
 The demo is the shipped workflow ``workflows/seg3d_attention_unet.yaml`` (synth → train → infer →
-evaluate) run by :mod:`medattn.workflow` into one folder (default ``./medattn_demo``)::
+evaluate → explain → report) run by :mod:`medattn.workflow` into one folder (default ``./medattn_demo``)::
 
     data/          synthetic dataset (dataset.json, imagesTr/, labelsTr/, imagesTs/, labelsTs/)
     run/           training run (config.yaml, log.csv, checkpoints/best.pt, last.pt)
     predictions/   predicted label maps in each input's geometry, one JSON manifest per case
     evaluation/    metrics.csv, summary.json, summary.txt
+    explanation/   gate maps and occlusion sensitivity of the first test case (explanation.npz, report.html)
+    report/        the self-contained report.html with the evaluation metrics
     logs/          one log per stage
     manifest.json  stages, durations, hashes, versions, device; index.html links everything
 
@@ -34,7 +36,8 @@ def run_demo(out_dir: str | Path = "medattn_demo", epochs: int | None = None, pr
     Returns the evaluation summary (see medattn.evaluate).
     """
     out = Path(out_dir)
-    overrides = [f"data.params.n_train={n_train}", f"data.params.n_test={n_test}"]
+    overrides = [f"data.params.n_train={n_train}", f"data.params.n_test={n_test}",
+                 f"explanation.inputs.input=@data/imagesTs/case_{n_train:03d}_0000.nii.gz"]
     if epochs is not None:
         overrides.append(f"run.config.train.epochs={epochs}")
     wf = load_workflow(DEMO_WORKFLOW, overrides)
@@ -55,5 +58,6 @@ def run_demo(out_dir: str | Path = "medattn_demo", epochs: int | None = None, pr
     print(f"  predictions: {out / 'predictions'}")
     print(f"  metrics:     {out / 'evaluation' / 'metrics.csv'}")
     print(f"  summary:     {out / 'evaluation' / 'summary.json'}")
+    print(f"  report:      {out / 'report' / 'report.html'}  (gate maps, occlusion, metrics)")
     print(f"  index:       {out / 'index.html'}  (every stage's outputs and logs)")
     return summary

@@ -143,6 +143,8 @@ class MilTrainConfig:
     batch_size: int = 1  #: bags per step (padded and masked); Cox needs several
     max_patches: int | None = None  #: random patches per bag and step in training (None: all)
     class_weighting: bool = True  #: weight classes by inverse frequency (classification)
+    #: standardise features with the training bags' per-dimension mean/std (stored in the model)
+    normalize_features: bool = True
     early_stopping_patience: int = 10  #: epochs without validation improvement (0: off)
     aem_lambda: float = 0.0  #: weight of the attention-entropy (AEM) regulariser (0: off)
     aem_normalize: bool = True  #: divide the entropy by log N (bag size)

@@ -30,10 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from medattn import __version__
 from medattn.config.loader import apply_override, find_file_or_shipped, read_yaml
 from medattn.errors import ConfigError, MedattnError
-from medattn.workflow.stages import PLANNED_KINDS, STAGE_KINDS, check_params, fingerprint
+from medattn.workflow.stages import STAGE_KINDS, check_params, fingerprint
 
 __all__ = ["InputRef", "Stage", "Workflow", "WorkflowError", "load_workflow", "resolve_workflow_path",
            "shipped_workflows"]
@@ -156,9 +155,6 @@ def _parse_stage(path: Path, i: int, raw: Any) -> Stage:
         raise WorkflowError(f"stage {name!r}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_STAGE_KEYS))})",
                             path)
     kind = raw.get("kind")
-    if kind in PLANNED_KINDS:
-        raise WorkflowError(f"stage {name!r}: stage kind {kind!r} is not available in medattn {__version__} yet "
-                            f"(available: {', '.join(STAGE_KINDS)})", path)
     if kind not in STAGE_KINDS:
         raise WorkflowError(f"stage {name!r}: unknown stage kind {kind!r} (available: {', '.join(STAGE_KINDS)})",
                             path)

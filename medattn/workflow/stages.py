@@ -11,7 +11,9 @@ evaluate   predictions*, references*, labels           medattn.evaluate.evaluate
 
 Every stage function writes only into ``ctx.out`` (a temporary folder that the runner renames onto the
 stage's output folder on success) and returns the files worth linking from the run's ``index.html``.
-Planned kinds (explain, report, and the whole-slide stages) are added here as their code lands.
+The whole-slide kinds (``synth_slides``, ``synth_bags``, ``features``) and ``explain``/``report`` are in
+:mod:`medattn.workflow.slide_stages`; train, infer and evaluate take their MIL branch from there when
+the config, checkpoint or predictions are MIL ones.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from medattn.errors import ConfigError, DataError
 if TYPE_CHECKING:
     from medattn.workflow.spec import Stage
 
-__all__ = ["PLANNED_KINDS", "STAGE_KINDS", "StageContext", "StageKind", "check_params", "fingerprint"]
+__all__ = ["STAGE_KINDS", "StageContext", "StageKind", "check_params", "fingerprint"]
 
 
 @dataclass
@@ -72,8 +74,11 @@ def check_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
 
 def _train_config(stage: Stage, dataset: str, output_dir: str):
     from medattn.config import load_config
+    from medattn.workflow.slide_stages import is_mil_run, mil_overrides
 
-    return load_config(stage.config, [*stage.overrides, f"data.dataset={dataset}", f"output_dir={output_dir}"])
+    data = mil_overrides(dataset) if is_mil_run(load_config(stage.config, stage.overrides)) else [
+        f"data.dataset={dataset}"]
+    return load_config(stage.config, [*stage.overrides, *data, f"output_dir={output_dir}"])
 
 
 def fingerprint(stage: Stage) -> dict[str, Any]:
@@ -107,6 +112,10 @@ def _run_train(ctx: StageContext) -> dict[str, str]:
     from medattn.engine.trainer import train
 
     cfg = _train_config(ctx.stage, str(ctx.inputs["dataset"]), str(ctx.out))
+    if getattr(cfg, "pipeline", None) == "mil":
+        from medattn.workflow.slide_stages import train_mil_stage
+
+        return train_mil_stage(cfg, ctx.resume and (ctx.out / "splits.json").is_file(), ctx.progress)
     resume = ctx.resume and (ctx.out / "checkpoints" / "last.pt").is_file()
     if resume:
         print(f"resuming the interrupted training from {ctx.out / 'checkpoints' / 'last.pt'}")
@@ -121,8 +130,13 @@ def _run_train(ctx: StageContext) -> dict[str, str]:
 
 def _run_infer(ctx: StageContext) -> dict[str, str]:
     from medattn.engine.infer import infer
+    from medattn.engine.mil_checkpoint import is_mil_checkpoint
 
     p = ctx.stage.params
+    if is_mil_checkpoint(ctx.inputs["checkpoint"]):
+        from medattn.workflow.slide_stages import infer_mil
+
+        return infer_mil(ctx.inputs["checkpoint"], ctx.inputs["images"], ctx.out, p["device"], ctx.progress)
     result = infer(ctx.inputs["checkpoint"], [ctx.inputs["images"]], ctx.out,
                    save_probabilities=p["save_probabilities"], overlap=p["overlap"], blend=p["blend"],
                    tta=p["tta"], sw_batch_size=p["sw_batch_size"],
@@ -147,9 +161,14 @@ def _labels(path: Path) -> dict[int, str]:
 
 def _run_evaluate(ctx: StageContext) -> dict[str, str]:
     from medattn.evaluate import evaluate_folders, format_summary_table
+    from medattn.evaluate.mil_evaluate import is_mil_predictions
     from medattn.io.atomic import atomic_write_text
 
     p, inp = ctx.stage.params, ctx.inputs
+    if is_mil_predictions(inp["predictions"]):
+        from medattn.workflow.slide_stages import evaluate_mil
+
+        return evaluate_mil(inp["predictions"], inp["references"], ctx.out)
     labels = _labels(inp["labels"]) if "labels" in inp else None
     summary = evaluate_folders(inp["predictions"], inp["references"], ctx.out, labels=labels,
                                nsd_tolerance=p["nsd_tolerance"], num_workers=p["workers"])
@@ -175,5 +194,11 @@ STAGE_KINDS: dict[str, StageKind] = {
         "nsd_tolerance": (_FLOAT, 1.0), "workers": (_INT, 0)}, _run_evaluate),
 }
 
-#: Stage kinds the issue plans that medattn does not have yet (named in the unknown-kind error).
-PLANNED_KINDS = ("explain", "report", "tissue", "patch", "features", "counterfactuals")
+
+def _add_slide_kinds() -> None:
+    from medattn.workflow.slide_stages import slide_stage_kinds
+
+    STAGE_KINDS.update(slide_stage_kinds())
+
+
+_add_slide_kinds()

@@ -20,7 +20,8 @@ def test_bad_workflow_is_one_line_with_status_2(tmp_path, wf_helpers, capsys):
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
     assert err == (f"medattn: error: {path}: stage 'model': unknown stage kind 'fit' "
-                   "(available: synth, train, infer, evaluate)\n")
+                   "(available: synth, train, infer, evaluate, synth_slides, synth_bags, features, explain, "
+                   "report)\n")
 
 
 def test_dry_run_prints_what_would_run_and_why(tmp_path, wf_helpers, capsys):

@@ -32,14 +32,15 @@ def test_unknown_stage_kind(tmp_path, wf_helpers):
     stages = tiny_stages()
     stages[0]["kind"] = "synthesize"
     assert _error(write(tmp_path / "w.yaml", stages)) == (
-        "stage 'data': unknown stage kind 'synthesize' (available: synth, train, infer, evaluate)")
+        "stage 'data': unknown stage kind 'synthesize' (available: synth, train, infer, evaluate, synth_slides, "
+        "synth_bags, features, explain, report)")
 
 
-def test_planned_stage_kind_is_not_available_yet(tmp_path, wf_helpers):
+def test_explain_stage_needs_its_inputs(tmp_path, wf_helpers):
     tiny_stages, write = wf_helpers
-    stages = [*tiny_stages(), {"name": "maps", "kind": "explain", "inputs": {"model": "@model"}}]
-    assert "stage 'maps': stage kind 'explain' is not available in medattn" in _error(write(tmp_path / "w.yaml",
-                                                                                            stages))
+    stages = [*tiny_stages(), {"name": "maps", "kind": "explain", "inputs": {"checkpoint": "@model/last.pt"}}]
+    assert _error(write(tmp_path / "w.yaml", stages)) == (
+        "stage 'maps': missing input 'input' (explain needs checkpoint, input, region, transplant, slide, metrics)")
 
 
 def test_cycle(tmp_path, wf_helpers):
@@ -140,7 +141,13 @@ def test_shipped_workflow_by_name():
     assert "seg3d_attention_unet" in shipped_workflows()
     wf = load_workflow("seg3d_attention_unet")
     assert [(s.name, s.kind) for s in wf.stages] == [("data", "synth"), ("run", "train"), ("predictions", "infer"),
-                                                     ("evaluation", "evaluate")]
+                                                     ("evaluation", "evaluate"), ("explanation", "explain"),
+                                                     ("report", "report")]
     assert wf.stage("run").config == "demo_3d"
+    assert {"seg3d_dformer", "mil_abmil_hippo"} <= set(shipped_workflows())
+    mil = load_workflow("mil_abmil_hippo")  # every shipped workflow validates (kinds, params, configs)
+    assert [s.kind for s in mil.stages] == ["synth_slides", "synth_slides", "train", "infer", "evaluate", "explain",
+                                            "report"]
+    assert [s.kind for s in load_workflow("seg3d_dformer").stages][-1] == "explain"
     with pytest.raises(WorkflowError, match=r"no such workflow file \(shipped workflows: .*seg3d_attention_unet"):
         load_workflow("seg3d_nope")
