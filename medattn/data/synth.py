@@ -27,7 +27,6 @@ synthetic dataset, so stale cases never survive).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -46,9 +45,10 @@ from medattn.data.phantoms import (
     synthesize_image,
     tissue_map,
 )
-from medattn.errors import ConfigError, DataError
+from medattn.data.synth_folder import check_replaceable, swap_in
+from medattn.errors import ConfigError
 from medattn.io import Geometry, write_image
-from medattn.io.atomic import atomic_write_json, atomic_write_text
+from medattn.io.atomic import atomic_write_json, atomic_write_text, current_umask
 
 __all__ = ["DEFAULT_SHAPE", "DEFAULT_SPACING", "GENERATOR", "case_geometry", "write_synthetic_dataset"]
 
@@ -136,22 +136,10 @@ def _check_args(spatial_dims, n_train, n_test, shape, n_organs, spacing, file_en
         raise ConfigError(f"synthetic dataset noise must be >= 0 and bias in [0, 1), got {noise}, {bias}")
 
 
-def _prepare_out_dir(out: Path) -> None:
-    """Refuse to replace anything but a missing/empty folder or an earlier synthetic dataset."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise DataError("exists and is not a folder; cannot write a synthetic dataset there", out)
-    if not any(out.iterdir()):
-        return
-    try:
-        meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
-        ours = isinstance(meta, dict) and meta.get("medattn", {}).get("generator") == GENERATOR
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if not ours:
-        raise DataError("folder is not empty and is not a medattn synthetic dataset; refusing to "
-                        "replace it (choose another folder or empty it)", out)
+def _is_phantom_dataset(out: Path) -> bool:
+    """True for a folder an earlier :func:`write_synthetic_dataset` wrote (its dataset.json says so)."""
+    meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
+    return isinstance(meta, dict) and meta.get("medattn", {}).get("generator") == GENERATOR
 
 
 def _png_range(n_organs: int, channels: int, noise: float, bias: float) -> tuple[float, float]:
@@ -210,7 +198,7 @@ def write_synthetic_dataset(
     _check_args(spatial_dims, n_train, n_test, shape, n_organs, spacing, file_ending, seed, channels,
                 noise, bias)
     out = Path(out_dir)
-    _prepare_out_dir(out)
+    check_replaceable(out, _is_phantom_dataset)
     out.parent.mkdir(parents=True, exist_ok=True)
     picture = file_ending in _PICTURES
     meta = {"generator": GENERATOR, "version": GENERATOR_VERSION, "seed": seed, "spatial_dims": spatial_dims,
@@ -223,7 +211,7 @@ def write_synthetic_dataset(
     names = [f"case_{i:0{width}d}" for i in range(n_train + n_test)]
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the dataset is an ordinary folder
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; the dataset is an ordinary folder
         entries = {"training": [], "test": []}
         cases: dict[str, dict] = {}
         for split, key, img_dir, lab_dir in ((0, "training", "imagesTr", "labelsTr"),
@@ -239,7 +227,7 @@ def write_synthetic_dataset(
                                 {**meta, "cases": cases})
         atomic_write_json(tmp / "dataset.json", dataset)
         atomic_write_text(tmp / "README.txt", _readme(dataset))
-        _swap_in(tmp, out)
+        swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -302,30 +290,3 @@ def _readme(meta: dict) -> str:
             "imagesTs, labelsTs); dataset.json also carries the Medical Segmentation Decathlon keys.\n"
             "Regenerate with medattn.data.synth.write_synthetic_dataset(out_dir, seed=...) "
             "using the arguments in dataset.json['medattn'].\n")
-
-
-def _umask() -> int:
-    """The process umask (read without changing it where /proc allows)."""
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        status = Path("/proc/self/status").read_text().splitlines()
-        return int(next(ln for ln in status if ln.startswith("Umask:")).split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Move the finished folder ``tmp`` onto ``out`` (replacing an old dataset there)."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    os.replace(out, old / "dataset")
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        os.replace(old / "dataset", out)
-        raise
-    finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(old)

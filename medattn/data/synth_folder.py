@@ -15,20 +15,27 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from medattn import __version__
 from medattn.errors import DataError
-from medattn.io.atomic import atomic_write_json, atomic_write_text
+from medattn.io.atomic import atomic_write_json, atomic_write_text, current_umask
 
-__all__ = ["MARKER", "staged_folder", "write_csv"]
+__all__ = ["MARKER", "check_replaceable", "staged_folder", "swap_in", "write_csv"]
 
 MARKER = "synth.json"  #: file naming the generator that wrote a folder
 
 
-def _check_replaceable(out: Path) -> None:
+def _has_marker(out: Path) -> bool:
+    meta = json.loads((out / MARKER).read_text(encoding="utf-8"))
+    return isinstance(meta, dict) and str(meta.get("generator", "")).startswith("medattn.")
+
+
+def check_replaceable(out: Path, ours: Callable[[Path], bool] = _has_marker) -> None:
+    """Refuse to replace anything but a missing or empty folder, or one for which ``ours(out)`` holds
+    (a folder an earlier run of a medattn generator wrote; an unreadable marker counts as not ours)."""
     if not out.exists():
         return
     if not out.is_dir():
@@ -36,19 +43,28 @@ def _check_replaceable(out: Path) -> None:
     if not any(out.iterdir()):
         return
     try:
-        meta = json.loads((out / MARKER).read_text(encoding="utf-8"))
-        ours = isinstance(meta, dict) and str(meta.get("generator", "")).startswith("medattn.")
-    except (OSError, ValueError):
-        ours = False
-    if not ours:
+        mine = bool(ours(out))
+    except (OSError, ValueError, AttributeError):
+        mine = False
+    if not mine:
         raise DataError("folder is not empty and was not written by a medattn synthetic generator; refusing "
                         "to replace it (choose another folder or empty it)", out)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def swap_in(tmp: Path, out: Path) -> None:
+    """Rename the finished folder ``tmp`` onto ``out``, replacing an old ``out`` (restored on failure)."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    os.replace(out, old / "previous")
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        os.replace(old / "previous", out)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -59,25 +75,14 @@ def staged_folder(out: str | Path, generator: str, args: dict[str, Any]) -> Iter
         DataError: ``out`` is a file, or a non-empty folder that no medattn generator wrote.
     """
     out = Path(out)
-    _check_replaceable(out)
+    check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the output is an ordinary folder
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; the output is an ordinary folder
         yield tmp
         atomic_write_json(tmp / MARKER, {"generator": generator, "medattn_version": __version__, "args": args})
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / "previous")
-            try:
-                os.replace(tmp, out)
-            except OSError:
-                os.replace(old / "previous", out)
-                raise
-            finally:
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap
 

@@ -64,13 +64,18 @@ class Engine(ABC):
     def outputs_for_sets(self, sets: np.ndarray) -> np.ndarray:
         """Outputs ``[M, K]`` float64 for the candidate bags ``sets [M, P]`` (bool, True = in the bag)."""
 
-    def outputs_after_removal(self, current: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        """Outputs ``[M, K]`` of ``current [P]`` with each of ``candidates [M]`` (pool indices) removed alone."""
+    def _check_removal(self, current: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A removal round's arguments, checked: every candidate in the bag, and the bag not emptied."""
         current, candidates = self._check_round(current, candidates)
         if not current[candidates].all():
             raise DataError("a removal candidate is not in the current bag")
         if current.sum() < 2:
             raise DataError("removing a patch would leave an empty bag")
+        return current, candidates
+
+    def outputs_after_removal(self, current: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """Outputs ``[M, K]`` of ``current [P]`` with each of ``candidates [M]`` (pool indices) removed alone."""
+        current, candidates = self._check_removal(current, candidates)
         sets = np.repeat(current[None], len(candidates), axis=0)
         sets[np.arange(len(candidates)), candidates] = False
         return self.outputs_for_sets(sets)
@@ -185,11 +190,7 @@ class GenericEngine(_ModelEngine):
     @torch.no_grad()
     def outputs_after_removal(self, current: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """One round of removals: the current bag, shared by all candidates, with one patch masked out."""
-        current, candidates = self._check_round(current, candidates)
-        if not current[candidates].all():
-            raise DataError("a removal candidate is not in the current bag")
-        if current.sum() < 2:
-            raise DataError("removing a patch would leave an empty bag")
+        current, candidates = self._check_removal(current, candidates)
         members = np.flatnonzero(current)
         x = self.features[torch.as_tensor(members, device=self.features.device)]  # [n, D]
         position = np.searchsorted(members, candidates)  # each candidate's column in x

@@ -108,12 +108,8 @@ class ExactEngine(Engine):
         return out
 
     def outputs_after_removal(self, current: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        current, candidates = self._check_round(current, candidates)
-        if not current[candidates].all():
-            raise DataError("a removal candidate is not in the current bag")
+        current, candidates = self._check_removal(current, candidates)
         members = np.flatnonzero(current)
-        if len(members) < 2:
-            raise DataError("removing a patch would leave an empty bag")
         s = self.scores[members]
         m = s.max()
         w_all = np.exp(s - m)

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (so files made private by mkstemp/mkdtemp can get the usual permissions)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -33,7 +34,7 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     if suffix is None:
         suffix = "".join(path.suffixes[-2:]) if path.name.endswith((".nii.gz", ".tar.gz")) else path.suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes files private; give them the usual permissions
+    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes files private; give them the usual permissions
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -182,7 +182,7 @@ def test_refuses_to_replace_a_foreign_folder(tmp_path: Path) -> None:
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    with pytest.raises(DataError, match=r"mine: folder is not empty and is not a medattn synthetic dataset"):
+    with pytest.raises(DataError, match=r"mine: folder is not empty and was not written by a medattn synthetic gen"):
         write_synthetic_dataset(mine, n_train=1, n_test=0, shape=SMALL_3D)
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
