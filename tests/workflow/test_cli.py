@@ -45,7 +45,8 @@ def _medattn(*args: str) -> subprocess.Popen:
 
 def test_ctrl_c_during_a_stage_leaves_no_partial_output_and_resumes(tmp_path, wf_helpers):
     tiny_stages, write = wf_helpers
-    path = write(tmp_path / "w.yaml", tiny_stages(epochs=8)[:2])  # synth → train
+    # synth → train, with enough epochs that the interrupt lands mid-training even on a fast machine
+    path = write(tmp_path / "w.yaml", tiny_stages(epochs=30)[:2])
     run = tmp_path / "run"
     proc = _medattn("run", str(path), "-o", str(run), "--no-progress")
     deadline = time.monotonic() + 300
@@ -69,4 +70,4 @@ def test_ctrl_c_during_a_stage_leaves_no_partial_output_and_resumes(tmp_path, wf
     assert "[2/2] model (train): running — its last attempt did not finish" in out
     assert "resuming the interrupted training" in (run / "logs" / "model.log").read_text()
     rows = (run / "model" / "log.csv").read_text().strip().splitlines()
-    assert len(rows) == 1 + 8 and not list(run.glob(".model.partial-*"))
+    assert len(rows) == 1 + 30 and not list(run.glob(".model.partial-*"))
