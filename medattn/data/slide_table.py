@@ -141,8 +141,6 @@ def read_slide_table(path: str | Path, data: MilDataConfig | None = None,
         if row.get("slide"):
             slide_path = Path(row["slide"])
             slide_path = slide_path if slide_path.is_absolute() else source.parent / slide_path
-            if not slide_path.exists():
-                raise DataError(f"row {line}, column 'slide': no such file: {slide_path}", source)
         time = event = None
         if task == "survival":
             time = _float(row[data.time_column], f"row {line}, column '{data.time_column}'", source)
@@ -170,9 +168,16 @@ def read_slide_table(path: str | Path, data: MilDataConfig | None = None,
     return SlideTable(records, classes, task, source)
 
 
-def find_slide_file(record: SlideRecord, slides_dir: str | Path | None) -> Path | None:
-    """The record's slide file: its ``slide`` column, else ``<slides_dir>/<slide_id>.<any slide suffix>``."""
+def find_slide_file(record: SlideRecord, slides_dir: str | Path | None,
+                    source: str | Path | None = None) -> Path | None:
+    """The record's slide file: its ``slide`` column, else ``<slides_dir>/<slide_id>.<any slide suffix>``.
+
+    Raises:
+        DataError: the ``slide`` column names a missing file (naming the CSV ``source`` and the row).
+    """
     if record.slide_path is not None:
+        if not record.slide_path.exists():
+            raise DataError(f"row {record.row}, column 'slide': no such file: {record.slide_path}", source)
         return record.slide_path
     if slides_dir is None:
         return None
@@ -200,7 +205,7 @@ def locate_inputs(table: SlideTable, bags_dir: str | Path,
         bags.append(bag)
         if bag.is_file():
             continue
-        slide = find_slide_file(r, slides_dir)
+        slide = find_slide_file(r, slides_dir, table.source)
         if slide is None:
             hint = f" and no slide file in {slides_dir}" if slides_dir else \
                 " (give data.slides_dir or a 'slide' column to extract it)"

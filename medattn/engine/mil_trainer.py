@@ -101,6 +101,19 @@ def _prepare_bags(cfg: MilConfig, table: SlideTable, run_dir: Path, ctx: DistCon
     return bags
 
 
+def _check_patch_settings(cfg: MilConfig, attrs: list[dict[str, Any]], bags: list[Path]) -> None:
+    """The checkpoint stores ``cfg.patch`` and inference re-extracts slides with it, so bags made with
+    another patch size or magnification would train a model that is later fed different patches."""
+    for a, path in zip(attrs, bags):
+        size, mag = a.get("patch_size"), a.get("magnification")
+        if a.get("layout", "medattn") != "medattn" or size is None or mag is None:
+            continue  # CLAM/TRIDENT bags: their settings are the user's to match
+        if int(size) != cfg.patch.size or abs(float(mag) - cfg.patch.magnification) > 1e-6:
+            raise ConfigError(f"patch: the bag was extracted with {int(size)} px patches at {float(mag):g}x, the "
+                              f"config says {cfg.patch.size} px at {cfg.patch.magnification:g}x; set patch.size and "
+                              "patch.magnification to match (inference re-extracts slides with the config's)", path)
+
+
 def _task(cfg: MilConfig, table: SlideTable, n_classes: int) -> tuple[str, int]:
     t = cfg.task
     if t.type == "survival" and t.survival_loss == "cox" and cfg.train.batch_size < 2:
@@ -146,6 +159,7 @@ def _train_mil(cfg: MilConfig, ctx: DistContext, resume: bool, progress: bool) -
     table = read_slide_table(cfg.data.slides_csv, cfg.data, cfg.task.type)
     bags = _prepare_bags(cfg, table, run_dir, ctx, progress)
     features, attrs = load_bag_features([str(b) for b in bags], progress)
+    _check_patch_settings(cfg, attrs, bags)
     task_type, n_out = _task(cfg, table, len(table.classes))
     kwargs = _model_kwargs(cfg, int(features[0].shape[1]), n_out)
     folds = _splits(cfg, table, run_dir, resume, ctx)

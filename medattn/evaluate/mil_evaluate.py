@@ -60,9 +60,8 @@ def summarize(rows: Sequence[dict[str, float]], metrics: Sequence[str]) -> dict[
 def format_table(summary: dict[str, dict[str, float]], rows: Sequence[dict[str, Any]] = ()) -> str:
     """A plain-text table: one line per fold × seed row (when given), then mean ± std per metric."""
     metrics = list(summary)
-    lines = []
+    lines = [f"{'fold':>4} {'seed':>4} " + " ".join(f"{m:>17}" for m in metrics)]
     if rows:
-        lines.append(f"{'fold':>4} {'seed':>4} " + " ".join(f"{m:>17}" for m in metrics))
         for r in rows:
             lines.append(f"{r.get('fold', '-'):>4} {r.get('seed', '-'):>4} "
                          + " ".join(f"{float(r[m]):>17.4f}" for m in metrics))

@@ -51,7 +51,6 @@ def test_survival_table_with_custom_column_names(tmp_path):
     ("slide_id,patient_id,label\n../a,p1,x\nb,p2,y\n", "classification", "row 2, column 'slide_id'"),
     ("slide_id,patient_id,time,event\na,p1,-3,1\n", "survival", "row 2, column 'time': '-3' must be a number"),
     ("slide_id,patient_id,time,event\na,p1,3,maybe\n", "survival", "row 2, column 'event': 'maybe'"),
-    ("slide_id,patient_id,label,slide\na,p1,x,gone.svs\n", "classification", "row 2, column 'slide': no such file"),
     ("slide_id,patient_id,label\n", "classification", "no rows"),
 ])
 def test_bad_tables_give_one_line_errors_naming_csv_row_and_column(tmp_path, text, task, expected):
@@ -59,6 +58,17 @@ def test_bad_tables_give_one_line_errors_naming_csv_row_and_column(tmp_path, tex
     with pytest.raises(DataError) as e:
         read_slide_table(path, task=task)
     assert str(e.value).startswith(f"{path}: ") and expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_missing_slide_file_matters_only_where_the_slide_is_needed(tmp_path):
+    path = _csv(tmp_path, "slide_id,patient_id,label,slide\na,p1,x,gone.svs\nb,p2,y,gone2.svs\n")
+    table = read_slide_table(path)  # evaluation and training from existing bags never open the slides
+    assert table.records[0].slide_path == tmp_path / "gone.svs"
+    (tmp_path / "bags").mkdir()
+    (tmp_path / "bags" / "a.h5").write_bytes(b"")
+    with pytest.raises(DataError) as e:
+        locate_inputs(table, tmp_path / "bags")  # b has no bag, so its slide is needed
+    assert str(e.value) == f"{path}: row 3, column 'slide': no such file: {tmp_path / 'gone2.svs'}"
 
 
 def test_unknown_class_and_missing_file(tmp_path):

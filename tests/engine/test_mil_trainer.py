@@ -143,6 +143,8 @@ def test_errors_missing_bag_existing_run_and_cox_batch(planted, tmp_path, capsys
     with pytest.raises(ConfigError, match="Cox loss compares the bags of a step"):
         train_mil(_config(planted, tmp_path / "cox", "task.type=survival", "task.survival_loss=cox",
                           "train.batch_size=1"), progress=False)
+    with pytest.raises(ConfigError, match=r"the bag was extracted with 256 px patches at 20x, the config says 128 px"):
+        train_mil(_config(planted, tmp_path / "patch", "patch.size=128"), progress=False)
     (tmp_path / "run2").mkdir()
     (tmp_path / "run2" / "splits.json").write_text("{}")
     with pytest.raises(TrainingError, match="a run already exists here; use --resume"):

@@ -86,7 +86,7 @@ def test_cli_evaluate_dispatches_csv_and_folders_to_mil(cohort, capsys):
     assert not is_mil_predictions(root / "slides_dir_that_does_not_exist")
     assert main(["evaluate", str(root), str(root / "slides.csv"), "-o", str(root / "ev")]) == 0
     out = capsys.readouterr().out
-    assert "classification: 40 slides" in out and "mean ± std" in out
+    assert "classification: 40 slides" in out and "mean ± std" in out and "balanced_accuracy" in out
     rows = (Path(root) / "ev" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 5 and float(rows[1].split(",")[3]) == pytest.approx(expected[0]["auc"])
     assert main(["evaluate", str(root / "nope.csv"), str(root / "slides.csv")]) == 2
