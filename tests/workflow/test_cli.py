@@ -37,10 +37,16 @@ def test_dry_run_prints_what_would_run_and_why(tmp_path, wf_helpers, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def _default_sigint() -> None:
+    # A test run started in the background of a non-interactive shell inherits SIGINT ignored, and
+    # Python then never raises KeyboardInterrupt; give the child the disposition a terminal user has.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _medattn(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
     return subprocess.Popen([sys.executable, "-m", "medattn", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_default_sigint)
 
 
 def test_ctrl_c_during_a_stage_leaves_no_partial_output_and_resumes(tmp_path, wf_helpers):
