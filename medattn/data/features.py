@@ -34,6 +34,7 @@ from medattn.data.bags import write_bag
 from medattn.data.encoders import PatchEncoder, create_encoder
 from medattn.data.patching import PatchGrid, patch_grid, read_patch
 from medattn.data.tissue import TissueMask, detect_tissue, save_mask, tissue_mask_for
+from medattn.devices import resolve_device
 from medattn.errors import DataError, MedattnError
 from medattn.io.atomic import atomic_path
 from medattn.io.slide import Slide, find_slides, open_slide, slide_suffix
@@ -63,11 +64,6 @@ def slide_id_of(path: str | Path) -> str:
     name = Path(path).name
     suffix = slide_suffix(path)
     return name[: len(name) - len(suffix)] if suffix else Path(path).stem
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else as given."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
 
 
 def extraction_settings(cfg: MilConfig) -> str:

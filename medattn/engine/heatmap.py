@@ -27,6 +27,17 @@ from medattn.evaluate.mil_metrics import average_ranks
 SCALINGS = ("rank", "minmax", "raw")
 
 
+def blank_canvas(coords: np.ndarray, patch_size_level0: float, max_size: int = 1024
+                 ) -> tuple[np.ndarray, tuple[float, float]]:
+    """A white ``[h, w, 3]`` canvas covering patches ``coords [N, 2]`` (level-0 px) for bags without a
+    slide, longest side <= ``max_size`` (never upsampled), and its downsample (level-0 px per pixel)."""
+    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    extent = coords.max(axis=0) + patch_size_level0 if len(coords) else np.full(2, float(patch_size_level0))
+    ds = max(1.0, float(extent.max()) / max_size)
+    w, h = max(1, math.ceil(extent[0] / ds)), max(1, math.ceil(extent[1] / ds))
+    return np.full((h, w, 3), 255, np.uint8), (ds, ds)
+
+
 def scale_scores(scores: np.ndarray, scaling: str = "rank") -> np.ndarray:
     """Raw scores [N] → display values [N] in [0, 1] (see the module docstring). Non-finite scores
     (masked patches) become NaN."""

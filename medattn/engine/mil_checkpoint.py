@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from medattn.config import build_dataclass, config_from_dict, config_to_dict
 from medattn.config.mil_schema import MilConfig, MilInferConfig, PatchConfig, SlideConfig, TissueConfig
+from medattn.devices import resolve_device
 from medattn.engine.checkpoint import checkpoint_kind, load_checkpoint, save_checkpoint
 from medattn.errors import CheckpointError, ConfigError
 from medattn.models.mil_heads import output_names, outputs_from_logits
@@ -162,9 +163,7 @@ def load_mil_checkpoint(path: str | Path, device: str = "cpu") -> MilModel:
     except (ConfigError, KeyError, TypeError, RuntimeError) as e:
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot rebuild the MIL model: {reason}", path) from e
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = model.to(torch.device(device)).eval()
+    model = model.to(resolve_device(device)).eval()
     task = dict(ckpt["task"])
     if task.get("type") not in ("classification", "survival"):
         raise CheckpointError(f"MIL checkpoint has an unknown task type {task.get('type')!r}", path)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from medattn.data.bags import Bag
+from medattn.engine import heatmap
 from medattn.io.atomic import atomic_path, atomic_write_text
 
 PREDICTION_FILE = "prediction.json"
@@ -37,11 +37,8 @@ def patch_size_level0(bag: Bag) -> float:
 
 
 def blank_canvas(bag: Bag, patch_l0: float, max_size: int) -> tuple[np.ndarray, tuple[float, float]]:
-    """A white canvas covering the bag's patches, longest side <= max_size, and its downsample."""
-    extent = bag.coords.max(axis=0).astype(np.float64) + patch_l0
-    ds = max(1.0, float(extent.max()) / max_size)
-    w, h = max(1, math.ceil(extent[0] / ds)), max(1, math.ceil(extent[1] / ds))
-    return np.full((h, w, 3), 255, np.uint8), (ds, ds)
+    """:func:`medattn.engine.heatmap.blank_canvas` over a bag's patches."""
+    return heatmap.blank_canvas(bag.coords, patch_l0, max_size)
 
 
 def write_png(path: Path, image: np.ndarray) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from medattn.data.transforms import affine_4x4, preprocessing, resolve_orientation
+from medattn.devices import resolve_device
 from medattn.engine.checkpoint import REQUIRED, checkpoint_kind, labels_from_checkpoint, load_checkpoint
 from medattn.engine.resample import resample_to_grid
 from medattn.engine.sliding import sliding_window_probabilities
@@ -70,19 +71,6 @@ class PreparedCase:
     canonical_affine: np.ndarray
     reference: Image
     timings: dict[str, float]
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; otherwise the named device (must be available)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"unknown device '{device}' (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device '{device}' requested but CUDA is not available")
-    return dev
 
 
 class Predictor:

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import shlex
 import sys
@@ -59,14 +58,6 @@ def _metrics(a: argparse.Namespace, out: Path) -> None:
         atomic_write_json(out / "metrics.json", data)
 
 
-def _write_attention_csv(path: Path, coords: np.ndarray, raw: np.ndarray, weights: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["patch_index", "x", "y", "attention", "attention_weight"])
-        for i, ((x, y), s, p) in enumerate(zip(coords, raw, weights, strict=True)):
-            w.writerow([i, int(x), int(y), f"{float(s):.8g}", f"{float(p):.8g}"])
-
-
 def _bag_for(a: argparse.Namespace, mil: Any, out: Path) -> tuple[Any, Path | None]:
     """The bag to explain and the slide it came from (None for a bag without ``--slide``)."""
     from medattn.data.bags import read_bag
@@ -91,6 +82,7 @@ def explain_mil(a: argparse.Namespace, out: Path) -> Path:
     from medattn.engine.heatmap import render_heatmap
     from medattn.engine.mil_checkpoint import load_mil_checkpoint
     from medattn.engine.mil_infer import predict_bag
+    from medattn.engine.mil_outputs import patch_size_level0, write_attention
     from medattn.explain.experiments import CounterfactualSpec, explain_bag
     from medattn.explain.plots import array_to_png, blank_canvas, read_csv_rows, read_patch_crop
     from medattn.io.slide import open_slide
@@ -99,13 +91,12 @@ def explain_mil(a: argparse.Namespace, out: Path) -> Path:
 
     if len(a.inputs) != 1:
         raise ConfigError(f"a MIL explanation takes one slide or bag, got {len(a.inputs)} inputs")
-    device = "cuda" if a.device == "auto" and _cuda() else ("cpu" if a.device == "auto" else a.device)
-    mil = load_mil_checkpoint(a.checkpoint, device=device)
+    mil = load_mil_checkpoint(a.checkpoint, device=a.device)
     bag, slide_path = _bag_for(a, mil, out)
     pred = predict_bag(mil, bag)
     coords = np.asarray(bag.coords, np.int64)
-    _write_attention_csv(out / "attention.csv", coords, pred["attention"], pred["attention_weights"])
-    psize0 = int(bag.attrs.get("patch_size_level0") or bag.attrs.get("patch_size") or 256)
+    write_attention(out, bag, pred)
+    psize0 = round(patch_size_level0(bag))
     meta: dict[str, Any] = {"thumbnail_downsample": None}
     slide_cfg = _slide_cfg(a, mil)
     slide = open_slide(slide_path, mpp=slide_cfg.mpp, magnification=slide_cfg.magnification,
@@ -166,12 +157,6 @@ def explain_mil(a: argparse.Namespace, out: Path) -> Path:
     atomic_write_json(out / "explain.json", meta)
     _metrics(a, out)
     return build_slide_report(out)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _plain(obj: Any) -> Any:

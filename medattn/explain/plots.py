@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
+from medattn.engine.heatmap import blank_canvas
 from medattn.errors import DataError
 
 if TYPE_CHECKING:
@@ -165,16 +166,6 @@ def effect_scatter_png(attention: np.ndarray, effect: np.ndarray, output: str,
         r = float(np.corrcoef(attention, effect)[0, 1])
         ax.set_title(f"attention vs effect (Pearson r = {r:.2f})", fontsize=10)
     return figure_to_png(fig)
-
-
-def blank_canvas(coords: np.ndarray, patch_size_level0: int, max_size: int = 1024
-                 ) -> tuple[np.ndarray, tuple[float, float]]:
-    """A white ``[h, w, 3]`` canvas covering the patches (for bags without a slide) and its downsample."""
-    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
-    extent = (coords.max(0) + patch_size_level0) if len(coords) else np.array([patch_size_level0] * 2)
-    scale = max(float(extent.max()) / max_size, 1e-9)
-    w, h = max(int(np.ceil(extent[0] / scale)), 1), max(int(np.ceil(extent[1] / scale)), 1)
-    return np.full((h, w, 3), 255, np.uint8), (scale, scale)
 
 
 def effect_heatmap_png(thumbnail: np.ndarray | None, downsample: tuple[float, float] | None, coords: np.ndarray,
